@@ -1,0 +1,305 @@
+"""``VocoderDataModule``: the Lightning side of the data; reference mels are made on the device."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader
+
+from melvoc.data.collate import AudioCollate
+from melvoc.data.dataset import AudioDataset, ShortClips, silence_log_mel
+from melvoc.data.io import AudioDataError
+from melvoc.data.sources import AudioEntry, OnError, check_on_error, read_source, report_missing
+from melvoc.data.sources import split_entries
+from melvoc.data.synthetic import SyntheticSpec, make_synthetic_dataset
+from melvoc.features import MelConfig, MelSpectrogram
+
+__all__ = ["VocoderDataModule"]
+
+log = logging.getLogger(__name__)
+
+
+class VocoderDataModule(L.LightningDataModule):
+    """Training crops, validation/test clips and reference mels for a vocoder.
+
+    Batches are ``{"audio": (B, T) float32, "lengths": (B,) int64, "names": list[str]}`` (plus
+    ``"mel_target": (B, num_mels, T // hop_size)`` with ``mel_dir``). After Lightning moves a batch to
+    the device, :meth:`on_after_batch_transfer` adds ``"mel": (B, num_mels, T // hop_size)`` float32,
+    computed there without grad by ``MelSpectrogram(features)``; workers never compute mels.
+
+    Sources (see :func:`melvoc.data.sources.read_source`): ``train_filelist`` and ``val_filelist``
+    (filelists, ``metadata.csv`` or folders), or ``train_filelist`` alone split by ``val_count`` /
+    ``val_fraction``; ``test_filelist`` defaults to the validation data. With ``synthetic`` set, the
+    built-in smoke-test set is generated under ``cache_dir`` instead (:mod:`melvoc.data.synthetic`).
+
+    Under DDP, Lightning puts a distributed sampler on the training loader (each rank its own items);
+    validation and test use Lightning's ``UnrepeatedDistributedSampler``, so together the ranks see
+    every clip exactly once (ranks may run one batch apart: sync metrics per epoch, not per step).
+
+    Args:
+        features: the mel parameters (``MelConfig`` or its fields), interpolated from the features group.
+        train_filelist, val_filelist, test_filelist: data sources.
+        root: folder that relative filelist paths resolve against (default: the filelist's folder).
+        val_count, val_fraction, split_seed: the split of ``train_filelist`` when no ``val_filelist``.
+        segment_size: training crop in samples, a multiple of ``hop_size``.
+        batch_size: training batch size; ``val_batch_size`` for validation/test (default ``batch_size``).
+        num_workers, pin_memory, persistent_workers, drop_last: DataLoader settings (``drop_last``
+            applies to training only).
+        resample: resample files at another rate with soxr (off: an error naming file and rates).
+        short_clips: ``pad`` / ``drop`` / ``error`` for clips shorter than ``segment_size``.
+        on_error: ``raise`` or ``skip`` bad files (skips are logged with count and names).
+        peak_normalize: per-file peak (HiFi-GAN: 0.95) or ``None``; ``gain_db``: extra gain.
+        max_val_seconds: cap on validation/test clips, or ``None``.
+        mel_dir: precomputed mels for HiFi-GAN fine-tuning (``<stem>.npy`` / ``.pt``), or ``None``.
+        synthetic: parameters of :class:`~melvoc.data.synthetic.SyntheticSpec` (without the rate),
+            or ``None`` for real data; ``cache_dir``: where the synthetic set is generated.
+    """
+
+    def __init__(
+        self,
+        features: MelConfig | Mapping[str, Any],
+        train_filelist: Optional[str] = None,
+        val_filelist: Optional[str] = None,
+        test_filelist: Optional[str] = None,
+        root: Optional[str] = None,
+        val_count: Optional[int] = None,
+        val_fraction: Optional[float] = None,
+        split_seed: int = 1234,
+        segment_size: int = 8192,
+        batch_size: int = 16,
+        val_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        drop_last: bool = True,
+        resample: bool = True,
+        short_clips: ShortClips = "pad",
+        on_error: OnError = "raise",
+        peak_normalize: Optional[float] = None,
+        gain_db: float = 0.0,
+        max_val_seconds: Optional[float] = None,
+        mel_dir: Optional[str] = None,
+        synthetic: Optional[Mapping[str, Any]] = None,
+        cache_dir: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        self.features = MelConfig.coerce(features)
+        hop = self.features.hop_size
+        if int(segment_size) <= 0 or int(segment_size) % hop:
+            lower = max(hop, int(segment_size) // hop * hop)
+            raise ValueError(
+                f"data.segment_size={segment_size}: must be a positive multiple of features.hop_size={hop} "
+                f"(e.g. {lower} or {lower + hop})"
+            )
+        if int(batch_size) < 1:
+            raise ValueError(f"data.batch_size={batch_size}: must be >= 1")
+        self.synthetic_dir: Optional[Path] = None
+        self._synthetic_spec: Optional[SyntheticSpec] = None
+        if synthetic is not None:
+            if train_filelist is not None or val_filelist is not None:
+                raise ValueError(
+                    "data.synthetic is set together with data.train_filelist/val_filelist; use "
+                    "`data=filelist` for your own audio (or set data.synthetic=null)"
+                )
+            if cache_dir is None:
+                raise ValueError("data.synthetic needs data.cache_dir (default: ${paths.cache_dir})")
+            self._synthetic_spec = SyntheticSpec(sampling_rate=self.features.sampling_rate, **dict(synthetic))
+            self.synthetic_dir = Path(cache_dir).expanduser() / self._synthetic_spec.folder_name
+            train_filelist = str(self.synthetic_dir / "train.txt")
+            val_filelist = str(self.synthetic_dir / "val.txt")
+        if train_filelist is None and val_filelist is None and test_filelist is None:
+            raise ValueError(
+                "no data: set data.train_filelist (and data.val_filelist, or data.val_count to split it), "
+                "or use the built-in smoke-test set with `data=synthetic`"
+            )
+        self.train_filelist = train_filelist
+        self.val_filelist = val_filelist
+        self.test_filelist = test_filelist
+        self.root = root
+        self.val_count = val_count
+        self.val_fraction = val_fraction
+        self.split_seed = int(split_seed)
+        self.segment_size = int(segment_size)
+        self.batch_size = int(batch_size)
+        self.val_batch_size = int(val_batch_size) if val_batch_size is not None else self.batch_size
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+        self.drop_last = bool(drop_last)
+        self.on_error = check_on_error(on_error)
+        self._dataset_kwargs: dict[str, Any] = dict(
+            resample=resample,
+            short_clips=short_clips,
+            on_error=on_error,
+            peak_normalize=peak_normalize,
+            gain_db=gain_db,
+            mel_dir=mel_dir,
+        )
+        self.max_val_seconds = max_val_seconds
+        self.train_dataset: Optional[AudioDataset] = None
+        self.val_dataset: Optional[AudioDataset] = None
+        self.test_dataset: Optional[AudioDataset] = None
+        self._mel: Optional[MelSpectrogram] = None
+
+    # ------------------------------------------------------------------ sources
+    def _ensure_synthetic(self) -> None:
+        if self._synthetic_spec is not None:
+            assert self.synthetic_dir is not None
+            make_synthetic_dataset(self.synthetic_dir.parent, self._synthetic_spec)
+
+    def _sources(self) -> dict[str, list[AudioEntry]]:
+        sources: dict[str, list[AudioEntry]] = {}
+        if self.train_filelist is not None:
+            train = read_source(self.train_filelist, self.root, self.on_error)
+            if self.val_filelist is None and (self.val_count is not None or self.val_fraction is not None):
+                train, sources["val"] = split_entries(train, self.val_count, self.val_fraction, self.split_seed)
+            sources["train"] = train
+        if self.val_filelist is not None:
+            sources["val"] = read_source(self.val_filelist, self.root, self.on_error)
+        if self.test_filelist is not None:
+            sources["test"] = read_source(self.test_filelist, self.root, self.on_error)
+        return sources
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic set if asked, then check that every listed file exists.
+
+        Missing files are reported together (count and the first few); with ``on_error=skip`` they
+        are logged and left out later.
+        """
+        self._ensure_synthetic()
+        problems = []
+        for split, entries in self._sources().items():
+            message = report_missing(entries, f"{split} data")
+            if message:
+                problems.append(message)
+        if problems:
+            if self.on_error == "raise":
+                raise AudioDataError("\n".join(problems))
+            for message in problems:
+                log.warning("%s\n(on_error=skip: these files are left out)", message)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Build the datasets for ``stage`` (``fit``, ``validate``, ``test``, ``predict`` or all)."""
+        self._ensure_synthetic()
+        sources = self._sources()
+        wanted = {
+            "fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",), None: ("train", "val", "test")
+        }[stage]
+        if "train" in wanted and self.train_dataset is None:
+            if "train" not in sources:
+                raise ValueError("training needs data.train_filelist")
+            self.train_dataset = self._dataset(sources["train"], "train", segment_size=self.segment_size)
+        if "val" in wanted and self.val_dataset is None and "val" in sources:
+            self.val_dataset = self._dataset(sources["val"], "val", max_seconds=self.max_val_seconds)
+        if "test" in wanted and self.test_dataset is None:
+            if "test" in sources:
+                self.test_dataset = self._dataset(sources["test"], "test", max_seconds=self.max_val_seconds)
+            else:
+                if self.val_dataset is None and "val" in sources:
+                    self.val_dataset = self._dataset(sources["val"], "val", max_seconds=self.max_val_seconds)
+                self.test_dataset = self.val_dataset
+        if stage in ("validate", "test", "predict") and self._dataset_for(stage) is None:
+            raise ValueError(
+                f"stage {stage!r} needs data: set data.val_filelist or data.test_filelist "
+                "(or data.val_count to split the training source)"
+            )
+
+    def _dataset(self, entries: list[AudioEntry], split: str, **kwargs: Any) -> AudioDataset:
+        dataset = AudioDataset(entries, self.features, split=split, **self._dataset_kwargs, **kwargs)
+        seconds = sum(dataset.lengths) / self.features.sampling_rate
+        log.info("%s data: %d clips, %.2f h", split, len(dataset), seconds / 3600)
+        return dataset
+
+    def _dataset_for(self, stage: str) -> Optional[AudioDataset]:
+        return self.val_dataset if stage == "validate" else self.test_dataset
+
+    # ------------------------------------------------------------------ loaders
+    def _collate(self) -> AudioCollate:
+        return AudioCollate(mel_pad_value=silence_log_mel(self.features))
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            self.setup("fit")
+        assert self.train_dataset is not None
+        if self.drop_last and len(self.train_dataset) < self.batch_size:
+            raise ValueError(
+                f"{len(self.train_dataset)} training clips but data.batch_size={self.batch_size} with "
+                "data.drop_last=true gives no batch; lower data.batch_size or set data.drop_last=false"
+            )
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            drop_last=self.drop_last,
+            collate_fn=self._collate(),
+        )
+
+    def _eval_loader(self, dataset: Optional[AudioDataset], stage: str) -> DataLoader:
+        if dataset is None:
+            raise ValueError(
+                f"no {stage} data: set data.val_filelist or data.test_filelist "
+                "(or data.val_count to split the training source)"
+            )
+        sampler = None
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            # Every clip once over all ranks (a plain DistributedSampler would repeat some to even out).
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=self._collate(),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_dataset is None:
+            self.setup("validate")
+        return self._eval_loader(self.val_dataset, "validation")
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_dataset is None:
+            self.setup("test")
+        return self._eval_loader(self.test_dataset, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.test_dataset is None:
+            self.setup("predict")
+        return self._eval_loader(self.test_dataset, "predict")
+
+    # ------------------------------------------------------------------ device side
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Add ``batch["mel"]``: ``MelSpectrogram(features)`` of ``batch["audio"]`` on its device.
+
+        Shape ``(B, num_mels, T // hop_size)``, float32, no grad; frames beyond ``T // hop_size``
+        (``center=True`` presets give one more) are dropped so that ``frames * hop_size == T``.
+        """
+        if not isinstance(batch, dict) or "audio" not in batch:
+            return batch
+        audio = batch["audio"]
+        frames = audio.shape[-1] // self.features.hop_size
+        if audio.numel() == 0:
+            batch["mel"] = audio.new_zeros(audio.shape[0], self.features.num_mels, frames)
+            return batch
+        if self._mel is None:
+            self._mel = MelSpectrogram(self.features)
+        self._mel = self._mel.to(audio.device)
+        with torch.no_grad():
+            batch["mel"] = self._mel(audio.float())[..., :frames]
+        return batch
+

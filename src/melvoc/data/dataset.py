@@ -1,0 +1,329 @@
+"""``AudioDataset``: random crops for training, whole clips for validation, optional teacher-forced mels."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from melvoc.data.io import AudioDataError, AudioInfo, audio_info, check_rate, read_audio, read_crop
+from melvoc.data.io import resampled_length
+from melvoc.data.sources import AudioEntry, OnError, check_on_error
+from melvoc.features import MelConfig, min_audio_length
+
+__all__ = ["AudioDataset", "ShortClips", "load_mel", "silence_log_mel"]
+
+log = logging.getLogger(__name__)
+
+ShortClips = Literal["pad", "drop", "error"]
+_SHORT_CLIPS = ("pad", "drop", "error")
+_MEL_SUFFIXES = (".npy", ".pt")
+# How many other items a training crop tries when on_error=skip meets a broken file mid-epoch.
+_SKIP_RETRIES = 16
+
+
+class AudioDataset(Dataset):
+    """Mono float32 audio at ``features.sampling_rate`` from a list of files.
+
+    Training (``segment_size`` set): each item is a random crop of ``segment_size`` samples, read with
+    a seek (and, at another rate, resampled from the crop plus a margin only). Validation/test
+    (``segment_size=None``): each item is the whole clip, capped at ``max_seconds`` and trimmed to a
+    multiple of ``hop_size``, in the listed order.
+
+    Items are dicts ``{"audio": (T,) float32, "length": int, "name": str}`` plus
+    ``"mel_target": (num_mels, T // hop_size)`` when ``mel_dir`` is given (HiFi-GAN fine-tuning: the
+    mel ``<mel_dir>/<stem>.npy`` or ``.pt``, shape ``(num_mels, frames)`` or ``(1, num_mels, frames)``,
+    cropped in lock-step with the audio).
+
+    Headers are read once here, so unreadable, empty, missing, wrong-rate (with ``resample=False``)
+    and too-short files fail now, in the main process, all listed in one error; with
+    ``on_error="skip"`` they are left out and logged with a count.
+
+    Args:
+        entries: the files (:class:`~melvoc.data.sources.AudioEntry`, paths or strings).
+        features: the mel parameters (only ``sampling_rate``, ``hop_size`` and the mel shape are used).
+        segment_size: crop length in samples (a multiple of ``hop_size``), or ``None`` for whole clips.
+        resample: resample files at another rate with soxr; when off they are an error.
+        short_clips: clips shorter than ``segment_size`` (whole clips: shorter than one frame) are
+            zero-padded (``pad``, HiFi-GAN), left out (``drop``) or an error (``error``).
+        on_error: ``raise`` or ``skip`` bad files.
+        peak_normalize: scale each file to this peak (HiFi-GAN: 0.95), or ``None``; the peak is the
+            whole file's, measured once here, so crops keep their relative loudness.
+        gain_db: gain applied after normalisation.
+        max_seconds: cap on whole clips, or ``None``.
+        mel_dir: folder of precomputed mels for fine-tuning, or ``None``.
+        split: a label for messages (``train``, ``val``, ...).
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[AudioEntry | Path | str],
+        features: MelConfig | Mapping[str, Any],
+        *,
+        segment_size: Optional[int] = None,
+        resample: bool = True,
+        short_clips: ShortClips = "pad",
+        on_error: OnError = "raise",
+        peak_normalize: Optional[float] = None,
+        gain_db: float = 0.0,
+        max_seconds: Optional[float] = None,
+        mel_dir: Optional[Path | str] = None,
+        split: str = "train",
+    ) -> None:
+        self.features = MelConfig.coerce(features)
+        hop = self.features.hop_size
+        if segment_size is not None:
+            segment_size = int(segment_size)
+            if segment_size <= 0 or segment_size % hop:
+                lower = max(hop, segment_size // hop * hop)
+                raise ValueError(
+                    f"data.segment_size={segment_size}: must be a positive multiple of "
+                    f"hop_size={hop} (e.g. {lower} or {lower + hop})"
+                )
+        if short_clips not in _SHORT_CLIPS:
+            raise ValueError(f"data.short_clips={short_clips!r}: must be one of {_SHORT_CLIPS}")
+        if max_seconds is not None and max_seconds <= 0:
+            raise ValueError(f"data.max_val_seconds={max_seconds}: must be > 0 (or null for no cap)")
+        if peak_normalize is not None and not 0 < peak_normalize <= 1:
+            raise ValueError(f"data.peak_normalize={peak_normalize}: must be in (0, 1] or null")
+        self.segment_size = segment_size
+        self.resample = bool(resample)
+        self.short_clips = short_clips
+        self.on_error = check_on_error(on_error)
+        self.peak_normalize = peak_normalize
+        self.gain = float(10.0 ** (gain_db / 20.0))
+        self.max_samples = (
+            None
+            if max_seconds is None
+            else max(hop, int(max_seconds * self.features.sampling_rate) // hop * hop)
+        )
+        self.mel_dir = None if mel_dir is None else Path(mel_dir)
+        self.split = split
+        self.mel_pad_value = silence_log_mel(self.features)
+        self.skipped: list[str] = []
+        self._index(
+            [e if isinstance(e, AudioEntry) else AudioEntry(Path(e), str(e), Path(e).stem) for e in entries]
+        )
+
+    # ------------------------------------------------------------------ index (main process)
+    def _index(self, entries: list[AudioEntry]) -> None:
+        sr, hop = self.features.sampling_rate, self.features.hop_size
+        shortest = self.segment_size or max(hop, math.ceil(min_audio_length(self.features) / hop) * hop)
+        infos: list[AudioInfo] = []
+        names: list[str] = []
+        lengths: list[int] = []
+        mel_paths: list[Optional[Path]] = []
+        problems: list[str] = []
+        padded: list[str] = []
+        dropped: list[str] = []
+        for entry in entries:
+            try:
+                info = audio_info(entry.path)
+                check_rate(info, sr, self.resample)
+                mel_path = self._find_mel(entry) if self.mel_dir is not None else None
+            except AudioDataError as exc:
+                problems.append(_with_origin(str(exc), entry))
+                continue
+            length = resampled_length(info.frames, info.sampling_rate, sr)
+            if length < shortest:
+                what = (
+                    f"{entry.path}: {length / sr:.3f} s ({length} samples at {sr} Hz) is shorter than "
+                    + (f"data.segment_size={shortest}" if self.segment_size else f"one frame ({shortest})")
+                )
+                if self.short_clips == "error":
+                    problems.append(
+                        _with_origin(what + "; set data.short_clips=pad or drop, or remove it", entry)
+                    )
+                    continue
+                if self.short_clips == "drop":
+                    dropped.append(str(entry.path))
+                    continue
+                padded.append(str(entry.path))
+            infos.append(info)
+            names.append(entry.name)
+            lengths.append(length)
+            mel_paths.append(mel_path)
+        if problems:
+            if self.on_error == "raise":
+                shown = "\n  ".join(problems[:10])
+                more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+                raise AudioDataError(
+                    f"{self.split} data: {len(problems)} of {len(entries)} files unusable:\n  {shown}{more}\n"
+                    "Fix or remove them, or set data.on_error=skip to leave them out"
+                )
+            self.skipped.extend(problems)
+            log.warning(
+                "%s data: skipped %d of %d unusable files (on_error=skip): %s",
+                self.split, len(problems), len(entries), "; ".join(problems[:10]),
+            )
+        if dropped:
+            log.warning(
+                "%s data: dropped %d clip(s) shorter than %d samples (short_clips=drop): %s",
+                self.split, len(dropped), shortest, ", ".join(dropped[:10]),
+            )
+        if padded:
+            log.info(
+                "%s data: %d clip(s) shorter than %d samples will be zero-padded (short_clips=pad)",
+                self.split, len(padded), shortest,
+            )
+        if not infos:
+            raise AudioDataError(
+                f"{self.split} data: no usable audio files out of {len(entries)}; check the filelist "
+                "and data.root (see the messages above)"
+            )
+        self.infos = infos
+        self.names = names
+        self.lengths = lengths
+        self.mel_paths = mel_paths
+        self.num_padded = len(padded)
+        self.num_dropped = len(dropped)
+        self.peaks = self._measure_peaks() if self.peak_normalize is not None else None
+
+    def _find_mel(self, entry: AudioEntry) -> Path:
+        assert self.mel_dir is not None
+        for suffix in _MEL_SUFFIXES:
+            candidate = self.mel_dir / f"{entry.name}{suffix}"
+            if candidate.is_file():
+                return candidate
+        raise AudioDataError(
+            f"{entry.path}: no precomputed mel {self.mel_dir / entry.name}.npy (or .pt) for fine-tuning; "
+            "export the mels with the audio's stem as name, or fix data.mel_dir",
+            entry.path,
+        )
+
+    def _measure_peaks(self) -> np.ndarray:
+        log.info("%s data: reading %d files once to measure their peaks (peak_normalize)", self.split, len(self.infos))
+        peaks = np.empty(len(self.infos), dtype=np.float32)
+        for i, info in enumerate(self.infos):
+            audio = read_audio(info, self.features.sampling_rate, resample=self.resample)
+            peaks[i] = float(np.abs(audio).max()) if audio.size else 0.0
+        return peaks
+
+    # ------------------------------------------------------------------ items (workers)
+    def __len__(self) -> int:
+        return len(self.infos)
+
+    def __getitem__(self, index: int) -> Optional[dict[str, Any]]:
+        for attempt in range(_SKIP_RETRIES if self.segment_size else 1):
+            i = index if attempt == 0 else int(torch.randint(len(self.infos), ()).item())
+            try:
+                return self._load(i)
+            except AudioDataError as exc:
+                if self.on_error == "raise":
+                    raise
+                self.skipped.append(str(exc))
+                log.warning("%s data: skipped %s (on_error=skip, %d skipped so far in this process)",
+                            self.split, exc, len(self.skipped))
+            except Exception as exc:  # anything else still names the file
+                path = self.infos[i].path
+                if self.on_error == "raise":
+                    raise AudioDataError(f"{path}: {type(exc).__name__}: {exc}", path) from exc
+                self.skipped.append(f"{path}: {exc}")
+                log.warning("%s data: skipped %s: %s (on_error=skip)", self.split, path, exc)
+        return None
+
+    def _load(self, i: int) -> dict[str, Any]:
+        info, hop, sr = self.infos[i], self.features.hop_size, self.features.sampling_rate
+        mel = self._load_mel(i) if self.mel_paths[i] is not None else None
+        length = self.lengths[i]
+        if mel is not None:
+            # Teacher-forced mels may be one frame longer/shorter than the audio; crop both to the common part.
+            length = min(mel.shape[-1], length // hop) * hop
+        if self.segment_size is not None:
+            seg = self.segment_size
+            if length >= seg:
+                start = int(torch.randint(0, (length - seg) // hop + 1, ()).item()) * hop if mel is not None \
+                    else int(torch.randint(0, length - seg + 1, ()).item())
+                audio = read_crop(info, start, seg, sr, resample=self.resample)
+                valid = seg
+            else:
+                start, valid = 0, length
+                audio = read_crop(info, 0, seg, sr, resample=self.resample)
+                audio[valid:] = 0.0
+            item_len = seg
+        else:
+            audio = read_audio(info, sr, resample=self.resample)
+            start = 0
+            valid = min(length, audio.shape[0])
+            if self.max_samples is not None:
+                valid = min(valid, self.max_samples)
+            valid = valid // hop * hop
+            shortest = max(hop, math.ceil(min_audio_length(self.features) / hop) * hop)
+            item_len = max(valid, shortest)
+            audio = np.pad(audio[:valid], (0, item_len - valid))
+        audio = self._scale(audio, i)
+        item: dict[str, Any] = {"audio": torch.from_numpy(audio), "length": valid, "name": self.names[i]}
+        if mel is not None:
+            frames = item_len // hop
+            first = start // hop
+            part = mel[:, first : first + min(frames, valid // hop)]
+            if part.shape[-1] < frames:
+                part = torch.nn.functional.pad(part, (0, frames - part.shape[-1]), value=self.mel_pad_value)
+            item["mel_target"] = part.contiguous()
+        return item
+
+    def _scale(self, audio: np.ndarray, i: int) -> np.ndarray:
+        scale = self.gain
+        if self.peaks is not None:
+            scale *= self.peak_normalize / max(float(self.peaks[i]), 1e-8)
+        if scale != 1.0:
+            audio = np.clip(audio * np.float32(scale), -1.0, 1.0)
+        return audio
+
+    def _load_mel(self, i: int) -> Tensor:
+        path = self.mel_paths[i]
+        assert path is not None
+        mel = load_mel(path, self.features.num_mels)
+        frames = self.lengths[i] // self.features.hop_size
+        if abs(mel.shape[-1] - frames) > 1:
+            raise AudioDataError(
+                f"{path}: {mel.shape[-1]} mel frames but the audio {self.infos[i].path} gives {frames} "
+                f"frames ({self.lengths[i]} samples / hop_size {self.features.hop_size}); the mel was "
+                "made from other audio or another hop size: regenerate it from this file with these features",
+                path,
+            )
+        return mel
+
+
+def load_mel(path: Path | str, num_mels: int) -> Tensor:
+    """A precomputed log-mel, ``.npy`` or ``.pt``, as float32 ``(num_mels, frames)``."""
+    path = Path(path)
+    try:
+        if path.suffix == ".npy":
+            mel = torch.from_numpy(np.load(path).astype(np.float32, copy=False))
+        else:
+            mel = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(mel, Tensor):
+                raise TypeError(f"holds a {type(mel).__name__}, not a tensor")
+            mel = mel.float()
+    except Exception as exc:
+        raise AudioDataError(f"{path}: cannot load the mel ({exc}); regenerate it", path) from exc
+    if mel.dim() == 3 and mel.shape[0] == 1:
+        mel = mel[0]
+    if mel.dim() != 2 or mel.shape[0] != num_mels:
+        raise AudioDataError(
+            f"{path}: mel of shape {tuple(mel.shape)}, expected ({num_mels}, frames) or "
+            f"(1, {num_mels}, frames); save it as (num_mels, frames) with features.num_mels={num_mels}",
+            path,
+        )
+    if not torch.isfinite(mel).all():
+        raise AudioDataError(f"{path}: NaN/inf in the mel; regenerate it", path)
+    return mel
+
+
+def silence_log_mel(features: MelConfig) -> float:
+    """The log-mel of silence under ``features``: the value padded mel frames get."""
+    return math.log(features.clip_val) if features.log_base == "e" else math.log10(features.clip_val)
+
+
+def _with_origin(message: str, entry: AudioEntry) -> str:
+    if entry.origin != str(entry.path) and not message.startswith(entry.origin):
+        return f"{message} [listed at {entry.origin}]"
+    return message
