@@ -23,6 +23,7 @@ __all__ = [
     "check_rate",
     "read_audio",
     "read_crop",
+    "read_mono",
     "resampled_length",
 ]
 
@@ -122,7 +123,7 @@ def read_audio(
 ) -> np.ndarray:
     """The whole file as mono float32 at ``sampling_rate``. Shape ``(T,)``."""
     check_rate(info, sampling_rate, resample)
-    audio = _read_mono(info, 0, info.frames)
+    audio = read_mono(info, 0, info.frames)
     if info.sampling_rate != sampling_rate:
         audio = soxr.resample(audio, info.sampling_rate, sampling_rate)
     if check_finite:
@@ -150,7 +151,7 @@ def read_crop(
     check_rate(info, sampling_rate, resample)
     source_rate = info.sampling_rate
     if source_rate == sampling_rate:
-        audio = _read_mono(info, start, length)
+        audio = read_mono(info, start, length)
     else:
         ratio = source_rate / sampling_rate
         # Start the source span on a sample whose resampled position is an integer, so the
@@ -159,7 +160,7 @@ def read_crop(
         margin = math.ceil(_RESAMPLE_MARGIN * max(1.0, ratio))
         src_start = max(0, (math.floor(start * ratio) - margin) // step * step)
         src_stop = min(info.frames, math.ceil((start + length) * ratio) + margin)
-        chunk = _read_mono(info, src_start, src_stop - src_start)
+        chunk = read_mono(info, src_start, src_stop - src_start)
         resampled = soxr.resample(chunk, source_rate, sampling_rate)
         offset = start - src_start * sampling_rate // source_rate
         audio = resampled[offset : offset + length]
@@ -171,7 +172,8 @@ def read_crop(
     return np.clip(audio, -1.0, 1.0, dtype=np.float32)
 
 
-def _read_mono(info: AudioInfo, start: int, frames: int) -> np.ndarray:
+def read_mono(info: AudioInfo, start: int, frames: int) -> np.ndarray:
+    """Frames ``[start, start + frames)`` at the file's own rate, channels averaged. Shape ``(n,)`` float32."""
     try:
         with sf.SoundFile(str(info.path)) as f:
             if start:
