@@ -1,12 +1,27 @@
-"""melvoc training entry point: ``python train.py [group=option] [key=value ...]``."""
+"""melvoc training entry point: ``python train.py [group=option] [key=value ...]``.
+
+    python train.py                                   # built-in demo: synthetic data, tiny HiFi-GAN, CPU
+    python train.py experiment=ljspeech_hifigan_v1 data.train_filelist=... data.val_filelist=... trainer=gpu
+    python train.py ckpt_path=last                    # resume the newest last.ckpt of this task
+    python train.py trainer=ddp trainer.devices=4     # DDP; see conf/trainer/ddp.yaml
+
+All logic lives in :mod:`melvoc.training`; this file only hands it the composed config and prints
+the closing summary (on rank 0).
+"""
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from melvoc.training import format_summary, train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    print(OmegaConf.to_yaml(cfg, resolve=True))
+def main(cfg: DictConfig) -> float | None:
+    result = train(cfg)
+    if result.is_global_zero:
+        print(format_summary(result), flush=True)
+    # The value an optimizing sweeper (hydra --multirun) would minimize.
+    return result.final_val_mel_l1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,439 @@
+"""Training orchestration behind ``train.py``: config checks, instantiation, resume, fit, summary.
+
+``train.py`` is a thin ``@hydra.main`` wrapper around :func:`train`; everything here also works on a
+config composed by hand (``hydra.compose``) with ``paths.output_dir`` set, which is how the tests
+drive it.
+
+Order of work in :func:`train`, so that a wrong config fails before any data is read:
+
+1. :func:`validate_config`: no ``???`` left, every interpolation resolves, the loss and the
+   features agree on the sampling rate, ``ckpt_path`` exists (``last`` is looked up);
+2. seed, then the model (which checks generator upsampling == ``features.hop_size``), the data
+   module, callbacks, loggers and the ``lightning.Trainer``;
+3. one full validation pass (the ``val/mel_l1`` baseline), ``trainer.fit``, a final validation
+   pass when the last one was not at the last step, a final ``last.ckpt``.
+
+This module also registers the OmegaConf resolvers that ``conf/hydra/default.yaml`` uses to give a
+multi-process run a single run folder (``melvoc.run_id``, ``melvoc.rank_zero_only``,
+``melvoc.rank_suffix``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.trainer.states import TrainerFn
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+log = logging.getLogger(__name__)
+
+VAL_METRIC = "val/mel_l1"
+LAST_CKPT = "last.ckpt"
+
+__all__ = [
+    "TrainingResult",
+    "format_summary",
+    "process_rank",
+    "resolve_ckpt_path",
+    "run_id",
+    "train",
+    "validate_config",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Process rank and run folder, from the launcher's environment (before any process group exists)
+# --------------------------------------------------------------------------------------------------
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def process_rank() -> tuple[int, int]:
+    """``(node_rank, rank)`` of this process as its launcher set it, ``(0, 0)`` for a plain run.
+
+    ``rank`` is the global rank where the launcher says it (torchrun: ``RANK``, srun:
+    ``SLURM_PROCID``), otherwise the local rank that Lightning's own DDP launcher sets
+    (``LOCAL_RANK``, with ``NODE_RANK`` for multi-node launches by hand).
+    """
+    node = _env_int("NODE_RANK") or _env_int("GROUP_RANK") or 0
+    for name in ("RANK", "SLURM_PROCID"):
+        rank = _env_int(name)
+        if rank is not None and (name != "SLURM_PROCID" or (_env_int("SLURM_NTASKS") or 1) > 1):
+            return node, rank
+    return node, _env_int("LOCAL_RANK") or 0
+
+
+def _is_rank_zero() -> bool:
+    return process_rank() == (0, 0)
+
+
+@functools.cache
+def run_id() -> str:
+    """The name of this run's folder, the same in every process of one distributed launch.
+
+    ``MELVOC_RUN_ID`` if set; ``slurm-<job id>`` for a multi-task SLURM step; ``torchrun-<rdzv id>``
+    under torchrun; otherwise the start time ``YYYY-MM-DD_HH-MM-SS``. Computed once per process, so
+    every read of ``hydra.run.dir`` agrees.
+    """
+    explicit = os.environ.get("MELVOC_RUN_ID", "").strip()
+    if explicit:
+        return explicit
+    if "SLURM_JOB_ID" in os.environ and (_env_int("SLURM_NTASKS") or 1) > 1:
+        return f"slurm-{os.environ['SLURM_JOB_ID']}"
+    rdzv = os.environ.get("TORCHELASTIC_RUN_ID", "").strip()
+    if rdzv and rdzv != "none":
+        return f"torchrun-{rdzv}"
+    if rdzv == "none":
+        # Static rendezvous without an id: the workers of one node share their torchrun agent.
+        return f"torchrun-{os.uname().nodename}-{os.getppid()}"
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def _rank_zero_only(value: Any) -> Any:
+    return value if _is_rank_zero() else None
+
+
+def _rank_suffix() -> str:
+    node, rank = process_rank()
+    if (node, rank) == (0, 0):
+        return ""
+    if _env_int("RANK") is None and _env_int("SLURM_PROCID") is None and node:
+        return f"_node{node}_rank{rank}"
+    return f"_rank{rank}"
+
+
+def register_resolvers() -> None:
+    """Register the ``melvoc.*`` resolvers used by ``conf/hydra/default.yaml`` (idempotent)."""
+    OmegaConf.register_new_resolver("melvoc.run_id", run_id, replace=True)
+    OmegaConf.register_new_resolver("melvoc.rank_zero_only", _rank_zero_only, replace=True)
+    OmegaConf.register_new_resolver("melvoc.rank_suffix", _rank_suffix, replace=True)
+
+
+register_resolvers()
+
+
+# --------------------------------------------------------------------------------------------------
+# Start-up checks
+# --------------------------------------------------------------------------------------------------
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Fail fast on a config that cannot train, before any data is read.
+
+    Raises:
+        MissingMandatoryValue: a required value (``???``, e.g. ``data.train_filelist`` of an
+            experiment) was not given; the message lists every one of them.
+        omegaconf.errors.InterpolationResolutionError: an interpolation does not resolve.
+        ValueError: ``loss_features`` and ``features`` disagree on the sampling rate, or a group is
+            not an instantiable node.
+    """
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        example = " ".join(f"{key}=..." for key in missing)
+        raise MissingMandatoryValue(
+            f"Missing required config value(s): {', '.join(missing)}. "
+            f"Give them on the command line: python train.py ... {example}"
+        )
+    # Resolve everything once now: a broken interpolation fails here, not in the middle of a run.
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+    for group in ("data", "model", "trainer"):
+        node = cfg.get(group)
+        if not isinstance(node, Mapping) or "_target_" not in node:
+            raise ValueError(f"config group `{group}` must be a node with `_target_`, got {node!r}")
+    for group in ("callbacks", "logger"):
+        node = cfg.get(group)
+        if node is None:
+            continue
+        if not isinstance(node, Mapping):
+            raise ValueError(f"config group `{group}` must map names to `_target_` nodes, got {node!r}")
+        for name, entry in node.items():
+            if entry is not None and (not isinstance(entry, Mapping) or "_target_" not in entry):
+                raise ValueError(
+                    f"{group}.{name} is not a `_target_` node: {entry!r} "
+                    f"(disable it with {group}.{name}=null)"
+                )
+
+    features, loss_features = cfg.get("features"), cfg.get("loss_features")
+    if features is not None and loss_features is not None:
+        if features.sampling_rate != loss_features.sampling_rate:
+            raise ValueError(
+                f"loss_features.sampling_rate={loss_features.sampling_rate} differs from "
+                f"features.sampling_rate={features.sampling_rate}: the loss compares mels of the "
+                "same audio, so both must use the audio's rate"
+            )
+
+
+def resolve_ckpt_path(ckpt_path: str | os.PathLike | None, log_dir: str | os.PathLike, task_name: str) -> str | None:
+    """The checkpoint to resume from, as an absolute path; ``None`` to start from scratch.
+
+    ``"last"`` is the most recently written ``last.ckpt`` of this task (experiment):
+    ``<log_dir>/<task_name>/**/last.ckpt``, over all its runs and multiruns.
+
+    Raises:
+        FileNotFoundError: the given file does not exist, or ``last`` found no ``last.ckpt``.
+    """
+    if ckpt_path is None or str(ckpt_path).strip() in ("", "null", "None"):
+        return None
+    if str(ckpt_path) == "last":
+        task_dir = Path(log_dir) / task_name
+        candidates = [p for p in task_dir.glob(f"**/{LAST_CKPT}") if p.is_file()]
+        if not candidates:
+            raise FileNotFoundError(
+                f"ckpt_path=last: no {LAST_CKPT} of task_name={task_name!r} under {task_dir.resolve()} "
+                f"(looked in {task_dir}/runs/*/checkpoints/). Start without ckpt_path, check "
+                "task_name / experiment / paths.log_dir, or give a file: ckpt_path=/path/to/last.ckpt"
+            )
+        newest = max(candidates, key=lambda p: p.stat().st_mtime)
+        return str(newest.resolve())
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={ckpt_path}: no such checkpoint file (resolved to {path.resolve()}); "
+            "give the path of a .ckpt file or ckpt_path=last"
+        )
+    return str(path.resolve())
+
+
+# --------------------------------------------------------------------------------------------------
+# Instantiation
+# --------------------------------------------------------------------------------------------------
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
+    """Instantiate the ``callbacks`` group (a mapping of ``_target_`` nodes; ``null`` entries skipped)."""
+    if not cfg:
+        return []
+    callbacks = []
+    for name, node in cfg.items():
+        if node is None:
+            continue
+        callback = instantiate(node)
+        if not isinstance(callback, Callback):
+            raise TypeError(f"callbacks.{name}: {node._target_} is not a lightning Callback")
+        callbacks.append(callback)
+    return callbacks
+
+
+def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
+    """Instantiate the ``logger`` group (a mapping of ``_target_`` nodes; ``null`` entries skipped)."""
+    if not cfg:
+        return []
+    loggers = []
+    for name, node in cfg.items():
+        if node is None:
+            continue
+        logger = instantiate(node)
+        if not isinstance(logger, Logger):
+            raise TypeError(f"logger.{name}: {node._target_} is not a lightning Logger")
+        loggers.append(logger)
+    return loggers
+
+
+class _ValidationTracker(Callback):
+    """Remembers the step and ``val/mel_l1`` of the latest validation inside ``fit``."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+        self.value: float | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self.step = trainer.global_step
+        self.value = _metric(trainer.callback_metrics, VAL_METRIC)
+
+
+def _metric(metrics: Mapping[str, Any], name: str) -> float | None:
+    value = metrics.get(name)
+    return None if value is None else float(value)
+
+
+def _route_lightning_logs() -> None:
+    """Send Lightning's log records to the handlers Hydra configured (console and train.log).
+
+    Lightning installs its own console handler when it is imported before logging is configured,
+    which is the case under ``@hydra.main``; its messages would then miss the run's log file.
+    """
+    if not logging.getLogger().handlers:
+        return
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingResult:
+    """What a finished :func:`train` call did and where it wrote it."""
+
+    run_dir: Path
+    global_step: int
+    epoch: int
+    elapsed_s: float
+    initial_val_mel_l1: float | None = None
+    final_val_mel_l1: float | None = None
+    resumed_from: str | None = None
+    last_checkpoint: Path | None = None
+    best_checkpoint: Path | None = None
+    best_val_mel_l1: float | None = None
+    log_dirs: dict[str, Path] = field(default_factory=dict)
+    is_global_zero: bool = True
+    interrupted: bool = False
+    fast_dev_run: bool = False
+
+
+def train(cfg: DictConfig) -> TrainingResult:
+    """Run one training job described by the composed config ``cfg`` (see ``conf/train.yaml``)."""
+    started = time.monotonic()
+    _route_lightning_logs()
+    validate_config(cfg)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
+    run_dir = Path(cfg.paths.output_dir).resolve()
+
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    log.info("Instantiating model <%s>", cfg.model._target_)
+    model = instantiate(cfg.model)
+    log.info("Instantiating data module <%s>", cfg.data._target_)
+    datamodule = instantiate(cfg.data)
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    tracker = _ValidationTracker()
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, tracker], logger=loggers or False)
+
+    if loggers and not trainer.fast_dev_run:
+        hparams = OmegaConf.to_container(cfg, resolve=True)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(hparams)
+
+    initial = None
+    if cfg.get("validate_before_fit", True):
+        # With a checkpoint, the baseline is the resumed weights, not a fresh initialization.
+        results = trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+        initial = _metric(results[0], VAL_METRIC) if results else None
+
+    if ckpt_path:
+        log.info("Resuming from %s", ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    finished = not trainer.interrupted and not trainer.fast_dev_run
+    if finished and tracker.step != trainer.global_step and trainer.global_step > 0:
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+    final = _metric(trainer.callback_metrics, VAL_METRIC)
+
+    last_ckpt = _save_final_last_checkpoint(trainer) if finished else None
+    best_cb = _best_checkpoint_callback(trainer)
+    return TrainingResult(
+        run_dir=run_dir,
+        global_step=trainer.global_step,
+        epoch=trainer.current_epoch,
+        elapsed_s=time.monotonic() - started,
+        initial_val_mel_l1=initial,
+        final_val_mel_l1=final,
+        resumed_from=ckpt_path,
+        last_checkpoint=last_ckpt,
+        best_checkpoint=Path(best_cb.best_model_path) if best_cb and best_cb.best_model_path else None,
+        best_val_mel_l1=float(best_cb.best_model_score) if best_cb and best_cb.best_model_score is not None else None,
+        log_dirs={type(lg).__name__: Path(lg.log_dir) for lg in trainer.loggers if getattr(lg, "log_dir", None)},
+        is_global_zero=trainer.is_global_zero,
+        interrupted=trainer.interrupted,
+        fast_dev_run=bool(trainer.fast_dev_run),
+    )
+
+
+def _save_final_last_checkpoint(trainer: L.Trainer) -> Path | None:
+    """Write ``last.ckpt`` at the final step unless the periodic checkpoint already did.
+
+    ``every_n_train_steps`` rarely divides ``max_steps``; without this the newest ``last.ckpt`` would
+    be up to ``every_n_train_steps - 1`` steps old at the end of a finished run.
+    """
+    for callback in trainer.checkpoint_callbacks:
+        if not isinstance(callback, ModelCheckpoint) or not callback.save_last or not callback.dirpath:
+            continue
+        path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+        # Decided from callback state, identical on every rank: save_checkpoint is collective.
+        if getattr(callback, "_last_global_step_saved", None) != trainer.global_step:
+            trainer.save_checkpoint(path)
+        return path.resolve()
+    return None
+
+
+def _best_checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.monitor == VAL_METRIC:
+            return callback
+    return None
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def format_summary(result: TrainingResult) -> str:
+    """The closing summary that ``train.py`` prints: metric before/after and where things are."""
+    state = "interrupted" if result.interrupted else "finished"
+    if result.fast_dev_run:
+        state = "fast_dev_run finished (no checkpoints or logs are written)"
+    lines = [f"melvoc training {state}: {result.global_step} steps, {result.epoch + 1} epoch(s), "
+             f"{_duration(result.elapsed_s)}"]
+    before, after = result.initial_val_mel_l1, result.final_val_mel_l1
+    label = "at resume" if result.resumed_from else "before"
+    if before is not None and after is not None:
+        change = (after - before) / before * 100.0 if before else float("nan")
+        lines.append(f"  {VAL_METRIC}     {label} {before:.4f} -> final {after:.4f} ({change:+.1f}%)")
+    elif after is not None:
+        lines.append(f"  {VAL_METRIC}     final {after:.4f}")
+    elif before is not None:
+        lines.append(f"  {VAL_METRIC}     {label} {before:.4f}")
+    if result.resumed_from:
+        lines.append(f"  resumed from   {result.resumed_from}")
+    lines.append(f"  run folder     {result.run_dir}")
+    config = result.run_dir / ".hydra" / "config.yaml"
+    if config.exists():
+        lines.append(f"  config         {config}")
+    log_file = result.run_dir / "train.log"
+    if log_file.exists():
+        lines.append(f"  log file       {log_file}")
+    if result.last_checkpoint is not None:
+        lines.append(f"  last ckpt      {result.last_checkpoint}")
+        lines.append(f"  resume with    python train.py ckpt_path={result.last_checkpoint}  (or ckpt_path=last)")
+    if result.best_checkpoint is not None:
+        lines.append(f"  best ckpt      {result.best_checkpoint} ({VAL_METRIC} {result.best_val_mel_l1:.4f})")
+    for name, directory in result.log_dirs.items():
+        if name == "TensorBoardLogger":
+            lines.append(f"  tensorboard    tensorboard --logdir {directory}")
+        else:
+            lines.append(f"  {name:<14} {directory}")
+    return "\n".join(lines)
