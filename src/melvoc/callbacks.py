@@ -259,7 +259,9 @@ class MelLossCallback(Callback):
         frames = trainer.strategy.reduce(self._frames, reduce_op="sum")
         if float(frames) > 0:
             value = total / (frames * self.config.num_mels)
-            pl_module.log(f"{stage}/mel_l1", value.float(), sync_dist=False, prog_bar=stage == "val")
+            # Every rank holds the same reduced value; sync_dist's mean leaves it unchanged and
+            # keeps Lightning from asking for epoch-level syncing.
+            pl_module.log(f"{stage}/mel_l1", value.float(), sync_dist=True, prog_bar=stage == "val")
         else:
             warnings.warn(
                 f"MelLossCallback: no valid frames in this {stage} epoch; {stage}/mel_l1 not logged",
@@ -298,7 +300,7 @@ class MelLossCallback(Callback):
         valid = (
             [samples] * take
             if lengths is None
-            else torch.clamp(lengths[:take], max=samples).tolist()
+            else torch.as_tensor(lengths)[:take].clamp(max=samples).tolist()
         )
         frames = mask[:take].sum(1).tolist()
         names = batch.get("names") or [None] * take

@@ -128,6 +128,7 @@ class _FramedMel(nn.Module):
         """``(B, T)`` -> log-mel ``(B, num_mels, frames)`` and, with ``lengths``, a ``(B, frames)`` mask."""
         if lengths is None:
             return self.mel(audio), None
+        lengths = torch.as_tensor(lengths, device=audio.device)
         total = audio.shape[-1]
         # The padded signal has num_frames(T, config) frames, as the batch would without lengths.
         mel = self.framed(pad_like_unpadded(audio, lengths, self.config))
@@ -137,12 +138,22 @@ class _FramedMel(nn.Module):
         return mel, mask
 
 
-def _masked_l1(a: Tensor, b: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    """Sum of ``|a - b|`` over valid frames ``(B, M, F)`` and the number of valid frames."""
+def _masked_l1(a: Tensor, b: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Union[Tensor, int]]:
+    """Sum of ``|a - b|`` over valid frames ``(B, M, F)`` and the number of valid frames.
+
+    Without a mask the count is a plain ``int``: a new device tensor would cost a host copy.
+    """
     diff = (a - b).abs()
     if mask is None:
-        return diff.sum(), torch.tensor(diff.shape[0] * diff.shape[-1], device=diff.device)
+        return diff.sum(), diff.shape[0] * diff.shape[-1]
     return (diff * mask.unsqueeze(1)).sum(), mask.sum()
+
+
+def _per_frame(total: Tensor, frames: Union[Tensor, int], num_mels: int) -> Tensor:
+    """``total / (frames * num_mels)``, zero when there are no valid frames."""
+    if isinstance(frames, int):
+        return total / (max(frames, 1) * num_mels)
+    return total / (frames.clamp_min(1) * num_mels)
 
 
 class MelLoss(nn.Module):
@@ -185,10 +196,11 @@ class MelLoss(nn.Module):
 
     def l1_sum(
         self, audio_hat: Tensor, audio: Tensor, lengths: Optional[Tensor] = None
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Union[Tensor, int]]:
         """Sum of absolute log-mel differences over valid frames, and the valid-frame count.
 
         The loss is ``sum / (count * num_mels)``; keeping both lets a metric weight by frames.
+        The count is an ``int`` without ``lengths``, a tensor with them.
         """
         mel_hat, mel, mask = self.mel_pair(audio_hat, audio, lengths)
         with torch.autocast(mel.device.type, enabled=False):
@@ -197,7 +209,7 @@ class MelLoss(nn.Module):
     def forward(self, audio_hat: Tensor, audio: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
         """L1 of log-mels, averaged over mel bands and valid frames. Returns a scalar."""
         total, frames = self.l1_sum(audio_hat, audio, lengths)
-        return total / (frames.clamp_min(1) * self.config.num_mels)
+        return _per_frame(total, frames, self.config.num_mels)
 
     def extra_repr(self) -> str:
         return repr(self.config)
@@ -317,14 +329,12 @@ class MultiScaleMelLoss(nn.Module):
                 with torch.no_grad():
                     mel, mask = scale(audio, lengths)
                 mel_hat, _ = scale(audio_hat, lengths)
-                frames = mask.sum() if mask is not None else mel.shape[0] * mel.shape[-1]
-                denominator = torch.as_tensor(frames, device=mel.device).clamp_min(1) * config.num_mels
                 if self.log_weight:
-                    total, _ = _masked_l1(mel_hat, mel, mask)
-                    loss = loss + self.log_weight * self.pow * total / denominator
+                    total, frames = _masked_l1(mel_hat, mel, mask)
+                    loss = loss + self.log_weight * self.pow * _per_frame(total, frames, config.num_mels)
                 if self.mag_weight:
                     # The linear mel above the clamp floor; below it both sides sit at clamp_eps,
-                    # which DAC's unclamped mel would resolve further (negligible magnitudes).
-                    total, _ = _masked_l1(10.0**mel_hat, 10.0**mel, mask)
-                    loss = loss + self.mag_weight * total / denominator
+                    # where DAC's unclamped mel differs by less than clamp_eps per element.
+                    total, frames = _masked_l1(10.0**mel_hat, 10.0**mel, mask)
+                    loss = loss + self.mag_weight * _per_frame(total, frames, config.num_mels)
         return self.weight * loss
