@@ -11,7 +11,8 @@ The legacy module is imported from its path and its functions (``spectrogram_tor
 on the same deterministic audio (in [-1, 1], with a stretch of digital silence; several batch sizes
 and lengths), in float32 and float64, with the numbers of each feature preset. The table shows the
 largest difference per function, the tolerance it is held to and the speed ratio (legacy time /
-melvoc time, best of ``--repeat``). The exit code is 1 when any function differs beyond tolerance
+melvoc time, best of ``--repeat`` interleaved measurements; melvoc.compat keeps its range check
+on, as a drop-in would, and the legacy functions do their own). The exit code is 1 when any function differs beyond tolerance
 or fails, 2 on a usage error.
 
 Tolerances: log outputs (mel, ``dynamic_range_compression``) absolute, linear outputs
@@ -107,6 +108,9 @@ class Row:
     note: str = ""
 
 
+_module_counter = itertools.count()
+
+
 def load_legacy(path: str | Path) -> ModuleType:
     """Import a Python file as a fresh module with a unique name (its folder is importable meanwhile)."""
     path = Path(path).expanduser().resolve()
@@ -130,9 +134,6 @@ def load_legacy(path: str | Path) -> ModuleType:
     return module
 
 
-_module_counter = itertools.count()
-
-
 def find_conf_dir(explicit: str | Path | None = None) -> Optional[Path]:
     """The ``conf/features`` folder: ``explicit``, else under the cwd, else in this package's repository."""
     if explicit is not None:
@@ -151,8 +152,8 @@ def _read_yaml(path: Path) -> MelConfig:
 
     try:
         return MelConfig.coerce(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
-    except (ValueError, TypeError) as error:
-        raise UsageError(f"{path}: not a valid MelConfig: {error}") from error
+    except Exception as error:  # YAML syntax, interpolation or MelConfig validation errors alike
+        raise UsageError(f"{path}: not a valid MelConfig preset: {error}") from error
 
 
 def available_presets(conf_dir: Optional[Path]) -> dict[str, Callable[[], MelConfig]]:
@@ -439,7 +440,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --repeat must be >= 0", file=sys.stderr)
         return 2
     try:
-        device = torch.device(args.device)
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as error:
+            raise UsageError(f"--device {args.device}: {error}") from error
         if device.type == "cuda" and not torch.cuda.is_available():
             raise UsageError(f"--device {args.device}: CUDA is not available here (use --device cpu)")
         legacy = load_legacy(args.reference)
@@ -447,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         presets, notes = load_presets(args.preset, conf_dir)
         if not presets:
             raise UsageError("no preset left to compare: " + "; ".join(notes))
-    except (UsageError, RuntimeError) as error:
+    except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
