@@ -129,7 +129,8 @@ class VocoderDataModule(L.LightningDataModule):
         self.batch_size = int(batch_size)
         self.val_batch_size = int(val_batch_size) if val_batch_size is not None else self.batch_size
         self.num_workers = int(num_workers)
-        self.pin_memory = bool(pin_memory)
+        # Pinned memory only helps host-to-GPU copies; on CPU-only machines torch warns about it.
+        self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         self.drop_last = bool(drop_last)
         self.on_error = check_on_error(on_error)
@@ -153,36 +154,36 @@ class VocoderDataModule(L.LightningDataModule):
             assert self.synthetic_dir is not None
             make_synthetic_dataset(self.synthetic_dir.parent, self._synthetic_spec)
 
-    def _sources(self) -> dict[str, list[AudioEntry]]:
-        sources: dict[str, list[AudioEntry]] = {}
-        if self.train_filelist is not None:
-            train = read_source(self.train_filelist, self.root, self.on_error)
-            if self.val_filelist is None and (self.val_count is not None or self.val_fraction is not None):
-                train, sources["val"] = split_entries(train, self.val_count, self.val_fraction, self.split_seed)
-            sources["train"] = train
-        if self.val_filelist is not None:
-            sources["val"] = read_source(self.val_filelist, self.root, self.on_error)
-        if self.test_filelist is not None:
-            sources["test"] = read_source(self.test_filelist, self.root, self.on_error)
+    def _sources(self, report: bool = False) -> dict[str, list[AudioEntry]]:
+        """Read the sources and check that the files exist (before any split, so that all missing
+        files are reported together); with ``on_error=skip`` missing files are left out."""
+        raw: dict[str, list[AudioEntry]] = {}
+        for split, source in (("train", self.train_filelist), ("val", self.val_filelist), ("test", self.test_filelist)):
+            if source is not None:
+                raw[split] = read_source(source, self.root, self.on_error)
+        problems = [m for split, entries in raw.items() if (m := report_missing(entries, f"{split} data"))]
+        if problems:
+            if self.on_error == "raise":
+                raise AudioDataError("\n".join(problems))
+            if report:
+                for message in problems:
+                    log.warning("%s\n(on_error=skip: these files are left out)", message)
+            raw = {split: [e for e in entries if e.path.is_file()] for split, entries in raw.items()}
+        sources = dict(raw)
+        if "train" in raw and "val" not in raw and (self.val_count is not None or self.val_fraction is not None):
+            sources["train"], sources["val"] = split_entries(
+                raw["train"], self.val_count, self.val_fraction, self.split_seed
+            )
         return sources
 
     def prepare_data(self) -> None:
         """Generate the synthetic set if asked, then check that every listed file exists.
 
         Missing files are reported together (count and the first few); with ``on_error=skip`` they
-        are logged and left out later.
+        are logged and left out.
         """
         self._ensure_synthetic()
-        problems = []
-        for split, entries in self._sources().items():
-            message = report_missing(entries, f"{split} data")
-            if message:
-                problems.append(message)
-        if problems:
-            if self.on_error == "raise":
-                raise AudioDataError("\n".join(problems))
-            for message in problems:
-                log.warning("%s\n(on_error=skip: these files are left out)", message)
+        self._sources(report=True)
 
     def setup(self, stage: Optional[str] = None) -> None:
         """Build the datasets for ``stage`` (``fit``, ``validate``, ``test``, ``predict`` or all)."""
