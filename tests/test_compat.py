@@ -13,6 +13,7 @@ import librosa
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from melvoc import compat, features
 from melvoc.compat import (
@@ -326,3 +327,33 @@ def test_invalid_parameters_raise_value_error_naming_the_value():
         spec_to_mel_torch(torch.ones(1, 513, 4), 1024, 80, 22050, 0, 16000)
     with pytest.raises(ValueError, match="513"):
         spec_to_mel_torch(torch.ones(1, 257, 4), 1024, 80, 22050, 0, None)
+
+
+class RecordOps(TorchDispatchMode):
+    """Records the aten ops a call dispatches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("switch", ["keyword", "global"])
+def test_switched_off_check_reads_nothing_back_to_the_host(range_check_on, switch):
+    p = CONFIGS["vits_22k"]
+    wav = golden("vits_22k", "wav")
+    mel_spectrogram_torch(wav, *mel_args(p))  # cache fill (window, filterbank) happens once, here
+    spectrogram_torch(wav, *spec_args(p))
+    with RecordOps() as checked:
+        mel_spectrogram_torch(wav, *mel_args(p))
+    assert any("aminmax" in op for op in checked.ops), "the range check should reduce the audio once"
+    kwargs = {"check_range": False} if switch == "keyword" else {}
+    if switch == "global":
+        compat.set_range_check(False)
+    with RecordOps() as unchecked:
+        mel_spectrogram_torch(wav, *mel_args(p), **kwargs)
+        spectrogram_torch(wav, *spec_args(p), **kwargs)
+    assert not any("aminmax" in op or "_local_scalar_dense" in op or "isfinite" in op for op in unchecked.ops)
