@@ -82,7 +82,6 @@ FUNCTIONS = (
     "spectral_normalize_torch",
     "spectral_de_normalize_torch",
 )
-_AUDIO_FUNCTIONS = FUNCTIONS[:3]
 _LEGACY_CACHES = ("mel_basis", "hann_window")
 # melvoc.compat builds MelConfigs with the default (VITS) magnitude epsilon.
 _COMPAT_EPS = next(field.default for field in dataclasses.fields(MelConfig) if field.name == "eps")
