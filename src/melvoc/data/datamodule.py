@@ -15,8 +15,14 @@ from torch.utils.data import DataLoader
 from melvoc.data.collate import AudioCollate
 from melvoc.data.dataset import AudioDataset, ShortClips, silence_log_mel
 from melvoc.data.io import AudioDataError
-from melvoc.data.sources import AudioEntry, OnError, check_on_error, read_source, report_missing
-from melvoc.data.sources import split_entries
+from melvoc.data.sources import (
+    AudioEntry,
+    OnError,
+    check_on_error,
+    read_source,
+    report_missing,
+    split_entries,
+)
 from melvoc.data.synthetic import SyntheticSpec, make_synthetic_dataset
 from melvoc.features import MelConfig, MelSpectrogram
 
@@ -158,7 +164,8 @@ class VocoderDataModule(L.LightningDataModule):
         """Read the sources and check that the files exist (before any split, so that all missing
         files are reported together); with ``on_error=skip`` missing files are left out."""
         raw: dict[str, list[AudioEntry]] = {}
-        for split, source in (("train", self.train_filelist), ("val", self.val_filelist), ("test", self.test_filelist)):
+        named = {"train": self.train_filelist, "val": self.val_filelist, "test": self.test_filelist}
+        for split, source in named.items():
             if source is not None:
                 raw[split] = read_source(source, self.root, self.on_error)
         problems = [m for split, entries in raw.items() if (m := report_missing(entries, f"{split} data"))]
@@ -190,7 +197,11 @@ class VocoderDataModule(L.LightningDataModule):
         self._ensure_synthetic()
         sources = self._sources()
         wanted = {
-            "fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",), None: ("train", "val", "test")
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": ("test",),
+            None: ("train", "val", "test"),
         }[stage]
         if "train" in wanted and self.train_dataset is None:
             if "train" not in sources:

@@ -13,8 +13,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from melvoc.data.io import AudioDataError, AudioInfo, audio_info, check_rate, read_audio, read_crop
-from melvoc.data.io import resampled_length
+from melvoc.data.io import (
+    AudioDataError,
+    AudioInfo,
+    audio_info,
+    check_rate,
+    read_audio,
+    read_crop,
+    resampled_length,
+)
 from melvoc.data.sources import AudioEntry, OnError, check_on_error
 from melvoc.features import MelConfig, min_audio_length
 
@@ -199,7 +206,9 @@ class AudioDataset(Dataset):
         )
 
     def _measure_peaks(self) -> np.ndarray:
-        log.info("%s data: reading %d files once to measure their peaks (peak_normalize)", self.split, len(self.infos))
+        log.info(
+            "%s data: reading %d files once to measure their peaks (peak_normalize)", self.split, len(self.infos)
+        )
         peaks = np.empty(len(self.infos), dtype=np.float32)
         for i, info in enumerate(self.infos):
             audio = read_audio(info, self.features.sampling_rate, resample=self.resample)
@@ -239,8 +248,11 @@ class AudioDataset(Dataset):
         if self.segment_size is not None:
             seg = self.segment_size
             if length >= seg:
-                start = int(torch.randint(0, (length - seg) // hop + 1, ()).item()) * hop if mel is not None \
-                    else int(torch.randint(0, length - seg + 1, ()).item())
+                # torch's RNG: DataLoader seeds it differently in every worker (and Lightning per rank).
+                if mel is not None:  # frame-aligned, so the mel crop matches exactly
+                    start = int(torch.randint(0, (length - seg) // hop + 1, ()).item()) * hop
+                else:
+                    start = int(torch.randint(0, length - seg + 1, ()).item())
                 audio = read_crop(info, start, seg, sr, resample=self.resample)
                 valid = seg
             else:
