@@ -211,6 +211,13 @@ def test_media_files_with_csv_logger_every_n_epochs(tmp_path):
     assert [int(row["epoch"]) for row in rows] == [0, 1, 2]  # the sanity check logs nothing
 
 
+def test_fast_dev_run_writes_no_media(tmp_path):
+    trainer = _trainer(tmp_path, MelLossCallback(CONFIG, num_media=2), fast_dev_run=True)
+    trainer.fit(Vocoder("perturb"), _loader(2), _loader(2))
+    assert "val/mel_l1" in trainer.callback_metrics
+    assert not (tmp_path / "media").exists()
+
+
 def test_media_to_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

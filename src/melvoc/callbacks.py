@@ -151,6 +151,7 @@ class MelLossCallback(Callback):
             and self.num_media > 0
             and trainer.is_global_zero
             and not trainer.sanity_checking
+            and not trainer.fast_dev_run  # a smoke test writes no logger output
             and (not fitting or (trainer.current_epoch + 1) % self.every_n_epochs == 0)
         )
 
