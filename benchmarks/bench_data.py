@@ -15,8 +15,8 @@ Both loaders draw random crops of ``--segment-size`` samples from the same 16-bi
   honest comparison on a CPU-only machine; on a GPU the mel costs a fraction of a millisecond.
 
 Files are written to a temporary folder first, so both loaders read from the page cache; the timing
-starts after the first batch (worker start-up excluded) and the best-of-``--repeats`` median over
-alternating runs is reported. Prints a markdown table with segments/s and ratios.
+starts after the first batch (worker start-up excluded), the loaders run alternately ``--repeats``
+times and the median is reported. Prints a markdown table with segments/s and ratios.
 """
 
 from __future__ import annotations
