@@ -1,0 +1,156 @@
+"""Time melvoc's MelSpectrogram against the original mel_processing.py functions and other peers.
+
+    python benchmarks/bench_features.py [--reference PATH/mel_processing.py] [--device cpu|cuda]
+
+All contenders run in the same process, interleaved, on the same inputs; each time is the best of
+``--rounds`` rounds of ``--iters`` calls (robust against a busy machine). The table gives the original's
+time divided by melvoc's: > 1 means melvoc is faster.
+
+Without ``--reference`` the original functions are taken from ``../shared/seed/mel_processing.md``
+beside the repository (its code block is written to a temporary file at run time; this repository
+does not store that code). Peers that are not installed (torchaudio, nnAudio) are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from melvoc.features import MelConfig, MelSpectrogram
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = REPO.parent / "shared" / "seed" / "mel_processing.md"
+
+# hifigan_22k (conf/features/hifigan_22k.yaml) with the original's fixed eps, so outputs are comparable.
+CONFIG = MelConfig(22050, 1024, 256, 1024, 80, fmin=0.0, fmax=8000.0, eps=1e-6)
+
+
+def load_reference(path: str | None):
+    """Import a legacy mel_processing.py (or the seed description's code block) as a module."""
+    if path is None:
+        if not SEED.exists():
+            return None
+        match = re.search(r"```py\n(.*?)```", SEED.read_text(), re.S)
+        if match is None:
+            return None
+        tmp = Path(tempfile.mkdtemp()) / "seed_mel_processing.py"
+        tmp.write_text(match.group(1))
+        path = str(tmp)
+    spec = importlib.util.spec_from_file_location("legacy_mel_processing", path)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+def best_ms(fns: dict[str, Callable[[], object]], iters: int, rounds: int, sync: Callable[[], None]) -> dict[str, float]:
+    best = {name: float("inf") for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            fn()
+            sync()
+            start = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            sync()
+            best[name] = min(best[name], (time.perf_counter() - start) / iters * 1e3)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", help="a legacy mel_processing.py to time against")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    legacy = load_reference(args.reference)
+    melvoc_mel = MelSpectrogram(CONFIG).to(device)
+    c = CONFIG
+
+    def original(audio: torch.Tensor) -> torch.Tensor:
+        return legacy.mel_spectrogram_torch(
+            audio, c.n_fft, c.num_mels, c.sampling_rate, c.hop_size, c.win_size, c.fmin, c.fmax
+        )
+
+    peers: dict[str, Callable[[torch.Tensor], object]] = {"melvoc": melvoc_mel}
+    if legacy is not None:
+        peers["original"] = original
+    try:
+        import librosa
+
+        def librosa_mel(audio: torch.Tensor) -> object:
+            return librosa.feature.melspectrogram(
+                y=audio.cpu().numpy(), sr=c.sampling_rate, n_fft=c.n_fft, hop_length=c.hop_size,
+                win_length=c.win_size, n_mels=c.num_mels, fmin=c.fmin, fmax=c.fmax, center=False, power=1.0,
+            )
+
+        peers["librosa"] = librosa_mel
+    except ImportError:
+        pass
+    try:
+        import torchaudio
+
+        ta = torchaudio.transforms.MelSpectrogram(
+            c.sampling_rate, c.n_fft, c.win_size, c.hop_size, c.fmin, c.fmax, n_mels=c.num_mels,
+            power=1.0, center=False, norm="slaney", mel_scale="slaney",
+        ).to(device)
+        peers["torchaudio"] = ta
+    except ImportError:
+        pass
+
+    gen = torch.Generator().manual_seed(0)
+    batch = (torch.rand(16, 8192, generator=gen) * 1.8 - 0.9).to(device)
+    utterance = (torch.rand(1, 10 * c.sampling_rate, generator=gen) * 1.8 - 0.9).to(device)
+    if legacy is not None:
+        diff = (melvoc_mel(batch.double()) - original(batch.double())).abs().max().item()
+        print(f"max |melvoc - original| on the benchmark batch (float64): {diff:.2e}")
+
+    rows = []
+    with torch.no_grad():
+        for case, audio in (("forward, batch 16 x 8192", batch), ("forward, one 10 s utterance", utterance)):
+            times = best_ms({k: (lambda f=f: f(audio)) for k, f in peers.items()}, args.iters, args.rounds, sync)
+            rows.append((case, times))
+
+    def train_step(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+        leaf = batch.clone().requires_grad_()
+
+        def run() -> None:
+            fn(leaf).sum().backward()
+            leaf.grad = None
+
+        return run
+
+    grad_peers = {k: train_step(f) for k, f in peers.items() if k in ("melvoc", "original", "torchaudio")}
+    rows.append(("forward+backward, batch 16 x 8192", best_ms(grad_peers, args.iters, args.rounds, sync)))
+
+    names = list(peers)
+    print(f"\ndevice={device} threads={args.threads} torch={torch.__version__}  (ms per call, best of {args.rounds})")
+    header = "| case | " + " | ".join(f"{n} ms" for n in names) + " | original / melvoc |"
+    print(header)
+    print("|" + "---|" * (len(names) + 2))
+    for case, times in rows:
+        cells = " | ".join(f"{times[n]:.3f}" if n in times else "-" for n in names)
+        ratio = f"{times['original'] / times['melvoc']:.2f}x" if "original" in times else "-"
+        print(f"| {case} | {cells} | {ratio} |")
+    if legacy is None:
+        print("\n(no original to compare with: pass --reference PATH/mel_processing.py)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
