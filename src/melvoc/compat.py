@@ -245,8 +245,8 @@ def cache_info() -> dict[str, int]:
     """
     info = _config.cache_info()
     return {
-        "constants": len(features._constants),
-        "constants_maxsize": features._constants.maxsize,
+        "constants": features.cache_info()["size"],
+        "constants_maxsize": features.cache_info()["maxsize"],
         "configs": info.currsize,
         "configs_maxsize": info.maxsize or 0,
     }
@@ -254,5 +254,5 @@ def cache_info() -> dict[str, int]:
 
 def clear_caches() -> None:
     """Drop every cached window, filterbank and parameter set (frees device memory)."""
-    features._constants.clear()
+    features.clear_cache()
     _config.cache_clear()

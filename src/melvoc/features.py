@@ -29,6 +29,8 @@ __all__ = [
     "MelConfig",
     "MelSpectrogram",
     "Spectrogram",
+    "cache_info",
+    "clear_cache",
     "hann_window",
     "mel_filterbank",
     "mel_spectrogram",
@@ -268,6 +270,16 @@ class _ConstantCache:
 
 
 _constants = _ConstantCache()
+
+
+def cache_info() -> dict[str, int]:
+    """Size and bound of the functional API's (window, filterbank) cache."""
+    return {"size": len(_constants), "maxsize": _constants.maxsize}
+
+
+def clear_cache() -> None:
+    """Drop every cached window and filterbank (frees their device memory)."""
+    _constants.clear()
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
