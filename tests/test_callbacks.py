@@ -165,10 +165,11 @@ def test_test_stage_logs_test_metric(tmp_path):
 
 def test_missing_audio_hat_names_hook_and_key(tmp_path):
     trainer = _trainer(tmp_path, MelLossCallback(CONFIG, num_media=0))
-    with pytest.raises(ValueError, match=r"validation_step must return a dict with key 'audio_hat'.*\['wav'\]"):
+    expected = r"Vocoder.validation_step must return a dict with key 'audio_hat'.*\['wav'\]"
+    with pytest.raises(ValueError, match=expected):
         trainer.validate(Vocoder("missing"), _loader(2), verbose=False)
     trainer = _trainer(tmp_path, MelLossCallback(CONFIG, num_media=0))
-    with pytest.raises(ValueError, match=r"test_step must return a dict with key 'audio_hat'"):
+    with pytest.raises(ValueError, match=r"Vocoder.test_step must return a dict with key 'audio_hat'"):
         trainer.test(Vocoder("missing"), _loader(2), verbose=False)
 
 

@@ -30,7 +30,8 @@ def _signals(batch: int = 2, length: int = 4096, seed: int = 0) -> tuple[torch.T
 def _per_clip_l1(audio_hat, audio, lengths, config) -> float:
     total, count = 0.0, 0
     for row, length in enumerate(lengths):
-        diff = (mel_spectrogram(audio_hat[row, :length], config) - mel_spectrogram(audio[row, :length], config)).abs()
+        predicted = mel_spectrogram(audio_hat[row, :length], config)
+        diff = (predicted - mel_spectrogram(audio[row, :length], config)).abs()
         assert diff.shape[-1] == num_frames(length, config)
         total += diff.double().sum().item()
         count += diff.numel()
@@ -121,11 +122,13 @@ def test_gradients_match_finite_differences():
     generator = torch.Generator().manual_seed(3)
     loss = MelLoss(SMALL)
     audio = 0.3 * torch.randn(1, 64, dtype=torch.float64, generator=generator)
-    audio_hat = (audio + 0.05 * torch.randn(1, 64, dtype=torch.float64, generator=generator)).requires_grad_()
+    noise = 0.05 * torch.randn(1, 64, dtype=torch.float64, generator=generator)
+    audio_hat = (audio + noise).requires_grad_()
     assert torch.autograd.gradcheck(lambda x: loss(x, audio), (audio_hat,), eps=1e-6, atol=1e-6)
     # With lengths (batch padding masked out), a random-direction check keeps it quick.
     audio = 0.3 * torch.randn(2, 128, dtype=torch.float64, generator=generator)
-    audio_hat = (audio + 0.05 * torch.randn(2, 128, dtype=torch.float64, generator=generator)).requires_grad_()
+    noise = 0.05 * torch.randn(2, 128, dtype=torch.float64, generator=generator)
+    audio_hat = (audio + noise).requires_grad_()
     lengths = torch.tensor([128, 90])
     assert torch.autograd.gradcheck(
         lambda x: loss(x, audio, lengths), (audio_hat,), eps=1e-6, atol=1e-6, fast_mode=True
@@ -172,7 +175,9 @@ def test_multiscale_defaults_are_dac():
     assert [c.n_fft for c in loss.configs] == [32, 64, 128, 256, 512, 1024, 2048]
     assert [c.hop_size for c in loss.configs] == [8, 16, 32, 64, 128, 256, 512]
     assert [c.num_mels for c in loss.configs] == [5, 10, 20, 40, 80, 160, 320]
-    assert all(c.log_base == "10" and c.clip_val == 1e-5 and c.center and c.pad_mode == "none" for c in loss.configs)
+    for config in loss.configs:
+        assert (config.log_base, config.clip_val, config.center) == ("10", 1e-5, True)
+        assert (config.pad_mode, config.eps, config.fmax) == ("none", 0.0, None)
     assert (loss.log_weight, loss.mag_weight, loss.pow) == (1.0, 0.0, 1.0)
 
 
@@ -183,7 +188,8 @@ def test_multiscale_single_scale_matches_dac_style_computation():
     expected = _dac_style_reference(audio_hat, audio, SR, 256, 40)
     torch.testing.assert_close(loss(audio_hat, audio), expected, rtol=1e-6, atol=0)
     squared = MultiScaleMelLoss(SR, window_lengths=[256], num_mels=[40], pow=2.0)
-    torch.testing.assert_close(squared(audio_hat, audio), _dac_style_reference(audio_hat, audio, SR, 256, 40, 2.0))
+    expected = _dac_style_reference(audio_hat, audio, SR, 256, 40, pow_=2.0)
+    torch.testing.assert_close(squared(audio_hat, audio), expected)
 
 
 def test_multiscale_is_the_sum_of_its_scales_and_symmetric():
@@ -237,3 +243,14 @@ def test_loss_features_node_builds_the_loss(compose_cfg):
     features = instantiate(cfg.features)
     assert loss.config == features.replace(fmax=None)
     assert np.isclose(loss.config.f_max, features.sampling_rate / 2)
+
+
+def test_multiscale_float32_under_autocast_and_list_lengths():
+    audio_hat, audio = _signals(length=3000)
+    loss = MultiScaleMelLoss(SR, window_lengths=[128, 512], num_mels=[20, 40])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = loss(audio_hat.bfloat16(), audio)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, loss(audio_hat.bfloat16().float(), audio))
+    as_list = loss(audio_hat, audio, [3000, 2000])
+    torch.testing.assert_close(as_list, loss(audio_hat, audio, torch.tensor([3000, 2000])))

@@ -155,19 +155,21 @@ class MelLossCallback(Callback):
             and (not fitting or (trainer.current_epoch + 1) % self.every_n_epochs == 0)
         )
 
-    def _prediction(self, outputs: Any, pl_module_hook: str) -> Tensor:
+    def _prediction(self, outputs: Any, hook: str) -> Tensor:
         if not isinstance(outputs, Mapping) or self.output_key not in outputs:
-            got = f"a dict with keys {sorted(map(str, outputs))}" if isinstance(outputs, Mapping) else (
-                f"{type(outputs).__name__}"
+            got = (
+                f"a dict with keys {sorted(map(str, outputs))}"
+                if isinstance(outputs, Mapping)
+                else type(outputs).__name__
             )
             raise ValueError(
-                f"MelLossCallback: {pl_module_hook} must return a dict with key "
+                f"MelLossCallback: {hook} must return a dict with key "
                 f"{self.output_key!r} (predicted audio, (B, T) or (B, 1, T)); it returned {got}"
             )
         audio_hat = outputs[self.output_key]
         if not isinstance(audio_hat, Tensor):
             raise ValueError(
-                f"MelLossCallback: {pl_module_hook} returned {self.output_key!r} of type "
+                f"MelLossCallback: {hook} returned {self.output_key!r} of type "
                 f"{type(audio_hat).__name__}; expected a tensor (B, T) or (B, 1, T)"
             )
         return audio_hat
@@ -189,7 +191,7 @@ class MelLossCallback(Callback):
         dataloader_idx: int,
         stage: str,
     ) -> None:
-        hook = _HOOKS[stage]
+        hook = f"{type(trainer.lightning_module).__name__}.{_HOOKS[stage]}"
         audio_hat = self._prediction(outputs, hook).detach()
         audio, lengths = self._reference(batch, hook)
         if self._loss.mels.mel.mel_basis.device != audio.device:
@@ -197,8 +199,8 @@ class MelLossCallback(Callback):
         mel_hat, mel, mask = self._loss.mel_pair(audio_hat, audio, lengths)
         if mask is None:
             mask = torch.ones(mel.shape[0], mel.shape[-1], dtype=torch.bool, device=mel.device)
-        mask = mask.clone()
         if self._last_is_duplicate(trainer, stage, batch_idx, dataloader_idx):
+            mask = mask.clone()
             mask[-1] = False
         diff = (mel_hat - mel).abs()
         if self._sum is None or self._frames is None:  # a batch hook without an epoch start
