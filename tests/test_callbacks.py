@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 import warnings
 from pathlib import Path
 
@@ -231,6 +232,43 @@ def test_media_to_tensorboard(tmp_path):
     assert sorted(events.Tags()["audio"]) == sorted(
         f"val_media/{i:02d}_spk_clip_{i}.wav/{kind}" for i in range(2) for kind in ("predicted", "reference")
     )
+    assert not (tmp_path / "media").exists()
+
+
+def test_media_to_wandb_without_wandb_installed(tmp_path, monkeypatch):
+    """The W&B branch, with a stand-in ``wandb`` module (the real one is an optional extra)."""
+    import types
+
+    from lightning.pytorch.loggers import Logger, WandbLogger
+
+    stand_in = types.SimpleNamespace(
+        Image=lambda data, **kw: ("image", data.shape, kw),
+        Audio=lambda data, **kw: ("audio", data.shape, kw),
+    )
+    monkeypatch.setitem(sys.modules, "wandb", stand_in)
+
+    class RecordingWandb(WandbLogger):
+        def __init__(self) -> None:
+            Logger.__init__(self)
+            self._experiment, self._checkpoint_callback, self.logged = None, None, []
+
+        name = version = save_dir = property(lambda self: None)
+        experiment = property(lambda self: None)
+
+        def log_hyperparams(self, *args, **kwargs) -> None:
+            pass
+
+        def log_metrics(self, metrics, step=None) -> None:
+            self.logged.append(metrics)
+
+    logger = RecordingWandb()
+    _validate(tmp_path, "perturb", batch_size=2, num_media=2, logger=logger)
+    media = {key: value for metrics in logger.logged for key, value in metrics.items() if "media" in key}
+    assert sorted(media) == ["val_media/mel", "val_media/predicted", "val_media/reference"]
+    assert [item[0] for item in media["val_media/mel"]] == ["image", "image"]
+    assert [item[1] for item in media["val_media/reference"]] == [(LENGTHS[0],), (LENGTHS[1],)]
+    assert media["val_media/predicted"][0][2] == {"sample_rate": SR, "caption": "spk/clip_0.wav"}
+    assert any("val/mel_l1" in metrics for metrics in logger.logged)
     assert not (tmp_path / "media").exists()
 
 
