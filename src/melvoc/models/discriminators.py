@@ -1,0 +1,190 @@
+"""HiFi-GAN discriminators: multi-period (MPD) and multi-scale (MSD).
+
+Every discriminator maps audio ``(B, 1, T)`` (or ``(B, T)``) to a list of logits (one ``(B, N_i)``
+tensor per sub-discriminator) and a list of feature maps (every intermediate activation, for the
+feature-matching loss). Channel widths are configurable so that a small preset trains on a CPU;
+the defaults are the published ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+from melvoc.models.generator import LRELU_SLOPE, get_padding
+
+__all__ = [
+    "CombinedDiscriminator",
+    "DiscriminatorOutput",
+    "DiscriminatorP",
+    "DiscriminatorS",
+    "MultiPeriodDiscriminator",
+    "MultiScaleDiscriminator",
+]
+
+# (logits per sub-discriminator, feature maps of all sub-discriminators in order)
+DiscriminatorOutput = tuple[list[Tensor], list[Tensor]]
+
+MPD_CHANNELS = (32, 128, 512, 1024, 1024)
+MSD_CHANNELS = (128, 128, 256, 512, 1024, 1024, 1024)
+# The published MSD layers: (kernel, stride, groups); groups are reduced to divide narrower channels.
+_MSD_LAYERS = ((15, 1, 1), (41, 2, 4), (41, 2, 16), (41, 4, 16), (41, 4, 16), (41, 1, 16), (5, 1, 1))
+
+
+def _as_3d(audio: Tensor) -> Tensor:
+    if audio.dim() == 2:
+        return audio.unsqueeze(1)
+    if audio.dim() != 3 or audio.size(1) != 1:
+        raise ValueError(f"discriminator input must be (B, T) or (B, 1, T) audio, got shape {tuple(audio.shape)}")
+    return audio
+
+
+class DiscriminatorP(nn.Module):
+    """Period discriminator: audio folded to ``(B, 1, T / period, period)``, 2-D convs along time."""
+
+    def __init__(
+        self,
+        period: int,
+        channels: Sequence[int] = MPD_CHANNELS,
+        kernel_size: int = 5,
+        stride: int = 3,
+        use_spectral_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        if period < 1:
+            raise ValueError(f"MPD period {period}: must be a positive integer")
+        if len(channels) < 2:
+            raise ValueError(f"MPD channels {list(channels)}: need at least two layers")
+        norm = spectral_norm if use_spectral_norm else weight_norm
+        self.period = int(period)
+        pad = (get_padding(kernel_size), 0)
+        ins = [1, *channels[:-1]]
+        strides = [stride] * (len(channels) - 1) + [1]
+        self.convs = nn.ModuleList(
+            norm(nn.Conv2d(c_in, c_out, (kernel_size, 1), (s, 1), padding=pad))
+            for c_in, c_out, s in zip(ins, channels, strides)
+        )
+        self.conv_post = norm(nn.Conv2d(channels[-1], 1, (3, 1), 1, padding=(1, 0)))
+
+    def forward(self, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``(B, 1, T) -> (logits (B, N), feature maps)``."""
+        x = _as_3d(audio)
+        b, c, t = x.shape
+        if t % self.period:
+            n_pad = self.period - t % self.period
+            # Reflect padding needs n_pad < t; for very short inputs fall back to zeros.
+            x = F.pad(x, (0, n_pad), "reflect" if n_pad < t else "constant")
+            t = t + n_pad
+        x = x.view(b, c, t // self.period, self.period)
+        fmap = []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), LRELU_SLOPE)
+            fmap.append(x)
+        x = self.conv_post(x)
+        fmap.append(x)
+        return x.flatten(1, -1), fmap
+
+
+class MultiPeriodDiscriminator(nn.Module):
+    """One :class:`DiscriminatorP` per period (HiFi-GAN: 2, 3, 5, 7, 11)."""
+
+    def __init__(self, periods: Sequence[int] = (2, 3, 5, 7, 11), channels: Sequence[int] = MPD_CHANNELS) -> None:
+        super().__init__()
+        if not periods:
+            raise ValueError("MPD periods is empty: give at least one period (HiFi-GAN uses 2, 3, 5, 7, 11)")
+        self.discriminators = nn.ModuleList(DiscriminatorP(int(p), [int(c) for c in channels]) for p in periods)
+
+    def forward(self, audio: Tensor) -> DiscriminatorOutput:
+        logits, fmaps = [], []
+        for d in self.discriminators:
+            logit, fmap = d(audio)
+            logits.append(logit)
+            fmaps.extend(fmap)
+        return logits, fmaps
+
+
+class DiscriminatorS(nn.Module):
+    """Scale discriminator: grouped strided 1-D convs over raw (or average-pooled) audio."""
+
+    def __init__(self, channels: Sequence[int] = MSD_CHANNELS, use_spectral_norm: bool = False) -> None:
+        super().__init__()
+        if len(channels) != len(_MSD_LAYERS):
+            raise ValueError(f"MSD channels {list(channels)}: need exactly {len(_MSD_LAYERS)} values")
+        norm = spectral_norm if use_spectral_norm else weight_norm
+        ins = [1, *channels[:-1]]
+        self.convs = nn.ModuleList()
+        for c_in, c_out, (k, s, g) in zip(ins, channels, _MSD_LAYERS):
+            groups = math.gcd(math.gcd(c_in, c_out), g)
+            self.convs.append(norm(nn.Conv1d(c_in, c_out, k, s, groups=groups, padding=get_padding(k))))
+        self.conv_post = norm(nn.Conv1d(channels[-1], 1, 3, 1, padding=1))
+
+    def forward(self, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``(B, 1, T) -> (logits (B, N), feature maps)``."""
+        x = _as_3d(audio)
+        fmap = []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), LRELU_SLOPE)
+            fmap.append(x)
+        x = self.conv_post(x)
+        fmap.append(x)
+        return x.flatten(1, -1), fmap
+
+
+class MultiScaleDiscriminator(nn.Module):
+    """``scales`` :class:`DiscriminatorS` on audio average-pooled by 1, 2, 4, ...; the first uses spectral norm."""
+
+    def __init__(self, scales: int = 3, channels: Sequence[int] = MSD_CHANNELS) -> None:
+        super().__init__()
+        if scales < 1:
+            raise ValueError(f"MSD scales {scales}: must be >= 1 (or disable the MSD with msd: null)")
+        channels = [int(c) for c in channels]
+        self.discriminators = nn.ModuleList(
+            DiscriminatorS(channels, use_spectral_norm=(i == 0)) for i in range(int(scales))
+        )
+        self.pool = nn.AvgPool1d(4, 2, padding=2)
+
+    def forward(self, audio: Tensor) -> DiscriminatorOutput:
+        x = _as_3d(audio)
+        logits, fmaps = [], []
+        for i, d in enumerate(self.discriminators):
+            if i:
+                x = self.pool(x)
+            logit, fmap = d(x)
+            logits.append(logit)
+            fmaps.extend(fmap)
+        return logits, fmaps
+
+
+class CombinedDiscriminator(nn.Module):
+    """MPD and (optionally) MSD behind one call: ``audio -> (logits, feature maps)`` of both.
+
+    Args:
+        mpd: ``{"periods": [...], "channels": [...]}`` or ``None`` to disable.
+        msd: ``{"scales": 3, "channels": [...]}`` or ``None`` to disable.
+    """
+
+    def __init__(
+        self,
+        mpd: Mapping[str, Any] | None = None,
+        msd: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if mpd is None and msd is None:
+            raise ValueError("discriminator: both mpd and msd are disabled (null); enable at least one")
+        self.mpd = MultiPeriodDiscriminator(**dict(mpd)) if mpd is not None else None
+        self.msd = MultiScaleDiscriminator(**dict(msd)) if msd is not None else None
+
+    def forward(self, audio: Tensor) -> DiscriminatorOutput:
+        logits: list[Tensor] = []
+        fmaps: list[Tensor] = []
+        for d in (self.mpd, self.msd):
+            if d is not None:
+                lo, fm = d(audio)
+                logits.extend(lo)
+                fmaps.extend(fm)
+        return logits, fmaps
