@@ -312,14 +312,20 @@ def _as_batch(audio: Tensor, config: MelConfig) -> tuple[Tensor, bool]:
     return batch.to(_compute_dtype(batch.dtype)), batched
 
 
+def _reflect(batch: Tensor, pad: int) -> Tensor:
+    """``F.pad(..., mode="reflect")`` on ``(B, T)``; a flip-and-concatenate is ~4x faster on CPU."""
+    return torch.cat([batch[:, 1 : pad + 1].flip(-1), batch, batch[:, -pad - 1 : -1].flip(-1)], dim=-1)
+
+
 def _pad(batch: Tensor, config: MelConfig) -> Tensor:
     pad = config.pre_pad
     if pad:
-        mode = "reflect" if config.pad_mode == "reflect" else "constant"
-        batch = nn.functional.pad(batch.unsqueeze(1), (pad, pad), mode=mode).squeeze(1)
+        if config.pad_mode == "reflect":
+            batch = _reflect(batch, pad)
+        else:
+            batch = nn.functional.pad(batch, (pad, pad))
     if config.center:
-        half = config.n_fft // 2
-        batch = nn.functional.pad(batch.unsqueeze(1), (half, half), mode="reflect").squeeze(1)
+        batch = _reflect(batch, config.n_fft // 2)
     return batch
 
 
