@@ -1,0 +1,333 @@
+"""Loading a trained generator for inference: ``load_generator(path)`` -> ``Generator`` with ``.config``.
+
+Two kinds of file are accepted, told apart by their content (not their suffix):
+
+* an exported generator (``python -m melvoc.export``): a ``torch.save`` dict with
+  ``format == "melvoc.generator"``, a ``format_version``, the feature config (``features``), the
+  generator's constructor arguments (``generator``) and its weights with weight norm folded in;
+* a full Lightning checkpoint written by training (``last.ckpt``, ``best_*.ckpt``): the generator's
+  weights are taken from ``state_dict["generator.*"]`` and the feature config and generator arguments
+  from ``hyper_parameters``; discriminators and optimizer state are ignored.
+
+Either way the feature config comes from the file, so inference can never use other mel parameters
+than training did. Files are read with ``torch.load(weights_only=True)``: plain tensors and
+containers only, no code runs while loading.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor
+
+from melvoc.features import MelConfig
+from melvoc.models.generator import Generator
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "EXPORT_FORMAT_VERSION",
+    "CheckpointError",
+    "GeneratorCheckpoint",
+    "build_generator",
+    "export_state",
+    "load_generator",
+    "read_checkpoint",
+    "weight_norm_state",
+]
+
+#: Value of the ``format`` key of an exported generator file.
+EXPORT_FORMAT = "melvoc.generator"
+#: Version of the exported layout; readers accept this version and older ones.
+EXPORT_FORMAT_VERSION = 1
+
+_GENERATOR_PREFIX = "generator."
+_DISCRIMINATOR_PREFIX = "discriminator."
+_WEIGHT_NORM_SUFFIXES = (".parametrizations.weight.original0", ".parametrizations.weight.original1")
+
+Device = Union[str, torch.device, None]
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable melvoc checkpoint; the message names the file and the fix."""
+
+
+@dataclass
+class GeneratorCheckpoint:
+    """What a checkpoint file holds about the generator (and, for full checkpoints, the discriminators).
+
+    Attributes:
+        path: the file.
+        kind: ``"export"`` (a ``python -m melvoc.export`` file) or ``"lightning"`` (a training checkpoint).
+        features: the mel features the generator was trained on.
+        generator_kwargs: :class:`~melvoc.models.generator.Generator` arguments, ``num_mels`` included.
+        generator_state: the generator's ``state_dict``; with weight norm (parametrised
+            ``...parametrizations.weight.original0/1`` keys) when ``weight_norm`` is true, plain otherwise.
+        weight_norm: whether ``generator_state`` is in weight-norm form.
+        discriminator_state: the discriminators' ``state_dict`` (full checkpoints only), else ``None``.
+        hyper_parameters: the training module's hyper-parameters (full checkpoints only), else ``{}``.
+        metadata: where the weights come from (``global_step``, ``epoch``, source checkpoint).
+    """
+
+    path: Path
+    kind: str
+    features: MelConfig
+    generator_kwargs: dict[str, Any]
+    generator_state: dict[str, Tensor]
+    weight_norm: bool
+    discriminator_state: Optional[dict[str, Tensor]] = None
+    hyper_parameters: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _torch_load(path: Path) -> Any:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: no such checkpoint (resolved to {path.resolve()}); give a training checkpoint "
+            "(<run>/checkpoints/last.ckpt) or a file written by `python -m melvoc.export`"
+        )
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path}: is a folder, not a checkpoint file; give e.g. {path / 'checkpoints' / 'last.ckpt'}"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: holds objects other than tensors and plain containers, so it was not written by "
+            f"melvoc (training checkpoints and exports load with weights_only=True): {_first_line(exc)}"
+        ) from exc
+    except Exception as exc:  # truncated zip, not a torch file at all, ...
+        raise CheckpointError(
+            f"{path}: cannot read it as a torch checkpoint ({type(exc).__name__}: {_first_line(exc)}); "
+            "the file is truncated or not a checkpoint: copy it again or re-export it"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _features(value: Any, path: Path, where: str) -> MelConfig:
+    try:
+        return MelConfig.coerce(value)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: invalid feature config in {where}: {exc}") from exc
+
+
+def _generator_kwargs(value: Any, features: MelConfig, path: Path, where: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise CheckpointError(f"{path}: {where} is {type(value).__name__}, expected the generator's arguments")
+    kwargs = dict(value)
+    num_mels = kwargs.setdefault("num_mels", features.num_mels)
+    if num_mels != features.num_mels:
+        raise CheckpointError(
+            f"{path}: generator num_mels={num_mels} disagrees with features.num_mels={features.num_mels}"
+        )
+    return kwargs
+
+
+def read_checkpoint(path: str | os.PathLike) -> GeneratorCheckpoint:
+    """Read an exported generator or a full Lightning checkpoint (on the CPU).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: the file is unreadable, not a melvoc checkpoint, or of a newer export format.
+    """
+    path = Path(path).expanduser()
+    data = _torch_load(path)
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(data).__name__}, not a melvoc checkpoint dict")
+
+    if data.get("format") == EXPORT_FORMAT:
+        version = data.get("format_version")
+        if not isinstance(version, int) or version > EXPORT_FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path}: export format version {version!r}, this melvoc reads versions up to "
+                f"{EXPORT_FORMAT_VERSION}; upgrade melvoc"
+            )
+        for key in ("features", "generator", "state_dict"):
+            if key not in data:
+                raise CheckpointError(f"{path}: exported generator without its {key!r} entry; re-export it")
+        features = _features(data["features"], path, "'features'")
+        return GeneratorCheckpoint(
+            path=path,
+            kind="export",
+            features=features,
+            generator_kwargs=_generator_kwargs(data["generator"], features, path, "'generator'"),
+            generator_state=dict(data["state_dict"]),
+            weight_norm=bool(data.get("weight_norm", False)),
+            metadata=dict(data.get("source") or {}),
+        )
+
+    if "state_dict" in data and "hyper_parameters" in data:
+        hparams = data["hyper_parameters"]
+        if not isinstance(hparams, Mapping) or "features" not in hparams or "generator" not in hparams:
+            raise CheckpointError(
+                f"{path}: a Lightning checkpoint, but its hyper_parameters have no 'features' and "
+                "'generator' entries: it was not written by melvoc's HiFiGAN module"
+            )
+        features = _features(hparams["features"], path, "hyper_parameters['features']")
+        state = data["state_dict"]
+        generator_state = {k[len(_GENERATOR_PREFIX):]: v for k, v in state.items() if k.startswith(_GENERATOR_PREFIX)}
+        if not generator_state:
+            raise CheckpointError(f"{path}: the checkpoint's state_dict has no 'generator.*' weights")
+        discriminator_state = {
+            k[len(_DISCRIMINATOR_PREFIX):]: v for k, v in state.items() if k.startswith(_DISCRIMINATOR_PREFIX)
+        }
+        return GeneratorCheckpoint(
+            path=path,
+            kind="lightning",
+            features=features,
+            generator_kwargs=_generator_kwargs(hparams["generator"], features, path, "hyper_parameters['generator']"),
+            generator_state=generator_state,
+            weight_norm=any(k.endswith(_WEIGHT_NORM_SUFFIXES) for k in generator_state),
+            discriminator_state=discriminator_state or None,
+            hyper_parameters=dict(hparams),
+            metadata={
+                "checkpoint": str(path),
+                "global_step": data.get("global_step"),
+                "epoch": data.get("epoch"),
+            },
+        )
+
+    if "generator" in data and isinstance(data["generator"], Mapping):
+        hint = (
+            " It looks like a jik876/hifi-gan generator file (g_*), which carries no feature config; "
+            "melvoc loads only its own training checkpoints and exports."
+        )
+    else:
+        hint = ""
+    raise CheckpointError(
+        f"{path}: not a melvoc checkpoint (keys: {sorted(map(str, data))[:8]}); expected a training "
+        f"checkpoint (.ckpt) or a file written by `python -m melvoc.export`.{hint}"
+    )
+
+
+def build_generator(checkpoint: GeneratorCheckpoint, *, remove_weight_norm: bool = True) -> Generator:
+    """A :class:`Generator` with the checkpoint's weights, on the CPU, in eval mode, with ``.config``.
+
+    With ``remove_weight_norm`` (inference) the weight-norm parametrisation is folded into plain
+    weights; otherwise the generator keeps it (training, fine-tuning), which a plain (exported)
+    state is converted to by :func:`weight_norm_state`.
+    """
+    try:
+        generator = Generator(**checkpoint.generator_kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{checkpoint.path}: cannot build the generator from its arguments: {exc}") from exc
+    state = checkpoint.generator_state
+    if checkpoint.weight_norm:
+        _load(generator, state, checkpoint.path)
+        if remove_weight_norm:
+            generator.remove_weight_norm()
+    elif remove_weight_norm:
+        generator.remove_weight_norm()
+        _load(generator, state, checkpoint.path)
+    else:
+        _load(generator, weight_norm_state(generator, state), checkpoint.path)
+    generator.config = checkpoint.features
+    return generator.eval()
+
+
+def _load(module: torch.nn.Module, state: Mapping[str, Tensor], path: Path) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path}: the weights do not fit the generator built from the file's own arguments "
+            f"({_first_line(exc)}); the file is damaged or was edited"
+        ) from exc
+
+
+def weight_norm_state(generator: torch.nn.Module, plain: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Convert a plain generator ``state_dict`` (weight norm removed) to the weight-norm layout of ``generator``.
+
+    For every weight-normalised convolution of ``generator``, the plain ``<m>.weight`` becomes
+    ``<m>.parametrizations.weight.original0`` (the norm ``g``, as ``weight_norm`` initialises it)
+    and ``original1`` (the direction ``v = weight``), so that ``g * v / ||v||`` is the plain weight
+    again (to float rounding). Other entries are passed through.
+    """
+    state: dict[str, Tensor] = {}
+    modules = dict(generator.named_modules())
+    consumed: set[str] = set()
+    for key in generator.state_dict():
+        if key.endswith(_WEIGHT_NORM_SUFFIXES):
+            name = key[: -len(_WEIGHT_NORM_SUFFIXES[0])]
+            weight = plain.get(f"{name}.weight")
+            if weight is None:
+                continue  # reported as a missing key by load_state_dict
+            consumed.add(f"{name}.weight")
+            dim = modules[name].parametrizations.weight[0].dim
+            if key.endswith("original0"):
+                state[key] = torch.norm_except_dim(weight, 2, dim)
+            else:
+                state[key] = weight
+        elif key in plain:
+            state[key] = plain[key]
+            consumed.add(key)
+    state.update({k: v for k, v in plain.items() if k not in consumed and k not in state})
+    return state
+
+
+def load_generator(
+    path: str | os.PathLike,
+    map_location: Device = "cpu",
+    *,
+    remove_weight_norm: bool = True,
+) -> Generator:
+    """Load a trained HiFi-GAN generator for inference, in one call.
+
+    Args:
+        path: an exported generator (``python -m melvoc.export``) or a full training checkpoint.
+        map_location: device to put the generator on (``"cpu"``, ``"cuda"``, ``torch.device``).
+        remove_weight_norm: fold weight norm into plain weights (the default; same outputs, faster).
+
+    Returns:
+        The generator in eval mode: ``generator(mel)`` maps ``(B, num_mels, frames)`` log-mels to
+        ``(B, 1, frames * hop_size)`` audio in ``[-1, 1]``. ``generator.config`` is the
+        :class:`~melvoc.features.MelConfig` it was trained on; compute its input with
+        ``melvoc.MelSpectrogram(generator.config)``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: the file is unreadable or not a melvoc checkpoint.
+
+    Example::
+
+        generator = melvoc.load_generator("generator.pt", map_location="cuda")
+        mel = melvoc.MelSpectrogram(generator.config).cuda()(audio)      # (B, num_mels, frames)
+        with torch.inference_mode():
+            audio_hat = generator(mel).squeeze(1)                         # (B, frames * hop_size)
+    """
+    generator = build_generator(read_checkpoint(path), remove_weight_norm=remove_weight_norm)
+    if map_location is not None:
+        generator = generator.to(map_location)
+    return generator
+
+
+def export_state(checkpoint: GeneratorCheckpoint) -> dict[str, Any]:
+    """The content of an exported generator file for ``checkpoint`` (weight norm removed)."""
+    from melvoc import __version__
+
+    generator = build_generator(checkpoint, remove_weight_norm=True)
+    source = dict(checkpoint.metadata)
+    if checkpoint.kind == "export":
+        source.setdefault("checkpoint", str(checkpoint.path))
+    return {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_FORMAT_VERSION,
+        "melvoc_version": __version__,
+        "architecture": "hifigan",
+        "features": checkpoint.features.to_dict(),
+        "generator": copy.deepcopy(checkpoint.generator_kwargs),
+        "weight_norm": False,
+        "state_dict": {k: v.detach().clone().contiguous() for k, v in generator.state_dict().items()},
+        "source": source,
+    }
