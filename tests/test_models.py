@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 
 import hydra
 import lightning as L
@@ -404,3 +405,17 @@ def test_multiscale_mel_loss_is_selectable(compose_cfg):
     cfg = compose_cfg(["model=hifigan_tiny", "model.mel_loss=multiscale"])
     model = hydra.utils.instantiate(cfg.model)
     assert isinstance(model.mel_loss, MultiScaleMelLoss)
+
+
+def test_ddp_without_find_unused_parameters_fails_at_setup(tmp_path):
+    environ = dict(os.environ)
+    trainer = _trainer(tmp_path, max_steps=1, strategy="ddp", devices=1)
+    try:
+        with pytest.raises(ValueError, match="ddp_find_unused_parameters_true"):
+            trainer.fit(_tiny_module(), datamodule=_StubData(count=2, batch_size=2))
+    finally:
+        # leave no process group or MASTER_PORT behind for the tests that follow
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(environ)

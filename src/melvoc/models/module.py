@@ -26,6 +26,7 @@ from typing import Any, Literal, Optional
 import lightning as L
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
@@ -208,6 +209,21 @@ class HiFiGAN(L.LightningModule):
         return mel
 
     # ------------------------------------------------------------------ training
+    def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy
+        if (
+            stage == "fit"
+            and isinstance(strategy, DDPStrategy)
+            and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters", False)
+        ):
+            # Fail before the first step rather than in DDP's reducer after a forward pass.
+            raise ValueError(
+                "trainer.strategy: DDP without find_unused_parameters cannot train HiFiGAN: the discriminator and the "
+                "generator are updated by separate backward passes, each leaving the other network's "
+                "parameters without gradients, which DDP rejects unless told so. Use "
+                "trainer.strategy=ddp_find_unused_parameters_true."
+            )
+
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
         audio = batch["audio"]
