@@ -253,14 +253,13 @@ class HiFiGAN(L.LightningModule):
             self.manual_backward(loss_g)
             opt_g.step()
 
-        metrics = {
-            "train/loss_g": loss_g.detach(),
-            "train/loss_d": loss_d.detach(),
-            "train/mel_l1": mel_l1.detach(),
-            "train/fm": loss_fm.detach(),
-            "train/adv": loss_adv.detach(),
-        }
-        self.log_dict(metrics, prog_bar=False, batch_size=batch_size)
+        self.log_dict(
+            {"train/loss_g": loss_g.detach(), "train/mel_l1": mel_l1.detach()}, prog_bar=True, batch_size=batch_size
+        )
+        self.log_dict(
+            {"train/loss_d": loss_d.detach(), "train/fm": loss_fm.detach(), "train/adv": loss_adv.detach()},
+            batch_size=batch_size,
+        )
         self.log("train/lr_g", opt_g.optimizer.param_groups[0]["lr"], batch_size=batch_size)
         self.log("train/lr_d", opt_d.optimizer.param_groups[0]["lr"], batch_size=batch_size)
 
