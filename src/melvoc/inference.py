@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,17 +97,24 @@ def _torch_load(path: Path) -> Any:
         raise CheckpointError(
             f"{path}: is a folder, not a checkpoint file; give e.g. {path / 'checkpoints' / 'last.ckpt'}"
         )
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path}: not a torch checkpoint (torch.save writes zip archives; this is not one): give a "
+            "training checkpoint (.ckpt) or a file written by `python -m melvoc.export`"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        unsupported = [line.strip() for line in str(exc).splitlines() if "Unsupported global" in line]
         raise CheckpointError(
             f"{path}: holds objects other than tensors and plain containers, so it was not written by "
-            f"melvoc (training checkpoints and exports load with weights_only=True): {_first_line(exc)}"
+            f"melvoc (its checkpoints and exports load with torch.load(weights_only=True))"
+            + (f": {unsupported[0]}" if unsupported else "")
         ) from exc
-    except Exception as exc:  # truncated zip, not a torch file at all, ...
+    except Exception as exc:  # truncated archive, damaged entries, ...
         raise CheckpointError(
             f"{path}: cannot read it as a torch checkpoint ({type(exc).__name__}: {_first_line(exc)}); "
-            "the file is truncated or not a checkpoint: copy it again or re-export it"
+            "the file is truncated or damaged: copy it again or re-export it"
         ) from exc
 
 

@@ -1,0 +1,185 @@
+"""Fine-tuning from a trained vocoder: :class:`InitFromCheckpoint` loads its weights before training.
+
+HiFi-GAN's fine-tuning recipe trains a pretrained vocoder further on mels that an acoustic model
+predicts with teacher forcing (aligned with the ground-truth audio), so that the vocoder learns the
+acoustic model's errors. In melvoc that is ``experiment=finetune_hifigan``: the data module reads
+the mels from ``data.mel_dir`` and this callback initializes the model from ``init_from``::
+
+    python train.py experiment=finetune_hifigan init_from=generator.pt \\
+        data.train_filelist=train.txt data.val_filelist=val.txt data.mel_dir=gta_mels/
+
+The start can be an exported generator (``python -m melvoc.export``; the discriminators then start
+fresh) or a full training checkpoint (generator and, when they fit, discriminators). Only weights
+are taken: optimizer state, step counter and schedules start anew. To continue an interrupted
+fine-tuning run, resume it with ``ckpt_path=...`` as any run: the weights then come from that
+checkpoint and this callback does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from melvoc.features import MelConfig
+from melvoc.inference import CheckpointError, GeneratorCheckpoint, read_checkpoint, weight_norm_state
+
+__all__ = ["InitFromCheckpoint"]
+
+log = logging.getLogger(__name__)
+
+
+def _config_differences(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    keys = list(dict.fromkeys([*theirs, *ours]))
+    return [(k, ours.get(k), theirs.get(k)) for k in keys if _normalize(ours.get(k)) != _normalize(theirs.get(k))]
+
+
+def _normalize(value: Any) -> Any:
+    # YAML lists vs. tuples, "1" vs. 1 for the resblock type, ints vs. floats.
+    if isinstance(value, (list, tuple)):
+        return [_normalize(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    return str(value)
+
+
+def _override(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override(v) for v in value) + "]"
+    return str(value)
+
+
+class InitFromCheckpoint(Callback):
+    """Initialize a fresh run's generator (and discriminators) from a trained checkpoint.
+
+    The weights are loaded once, at the first of ``validate`` / ``fit`` start, so that the baseline
+    validation before training already measures the starting vocoder. Nothing is loaded when the
+    trainer restores a checkpoint (``ckpt_path``, i.e. a resumed run), whose weights take precedence.
+
+    The checkpoint's feature config and generator architecture must equal the run's (a mismatch is
+    an error that lists the overrides to give); the module must expose ``generator``,
+    ``discriminator`` and ``features`` (as :class:`melvoc.models.HiFiGAN` does).
+
+    Args:
+        path: an exported generator (``python -m melvoc.export``) or a full training checkpoint.
+        load_discriminators: take the discriminators from a full checkpoint too (an exported
+            generator has none; they then start from their random initialization).
+        strict_discriminators: a full checkpoint whose discriminators do not fit the run's (other
+            widths, periods or scales) is an error; when false (the default) they start fresh, with
+            a warning.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        load_discriminators: bool = True,
+        strict_discriminators: bool = False,
+    ) -> None:
+        super().__init__()
+        if path is None or str(path).strip() in ("", "???"):
+            raise ValueError("InitFromCheckpoint needs a path: init_from=/path/to/generator.pt (or a .ckpt)")
+        self.path = str(path)
+        self.load_discriminators = bool(load_discriminators)
+        self.strict_discriminators = bool(strict_discriminators)
+        self._done = False
+        #: What was loaded: ``{"generator": True, "discriminator": bool, "source": {...}}`` once done.
+        self.loaded: Optional[dict[str, Any]] = None
+
+    # ------------------------------------------------------------------ hooks
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._maybe_load(trainer, pl_module)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._maybe_load(trainer, pl_module)
+
+    def _maybe_load(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._done:
+            return
+        self._done = True
+        if trainer.ckpt_path:
+            log.info("init_from %s not applied: the run restores %s", self.path, trainer.ckpt_path)
+            return
+        self.loaded = self.apply(pl_module)
+
+    # ------------------------------------------------------------------ loading
+    def apply(self, pl_module: L.LightningModule) -> dict[str, Any]:
+        """Load the checkpoint's weights into ``pl_module`` now (in place: optimizers keep their tensors)."""
+        checkpoint = read_checkpoint(self.path)
+        self._check_compatible(checkpoint, pl_module)
+        generator = pl_module.generator
+        state = checkpoint.generator_state
+        module_has_weight_norm = any(".parametrizations." in k for k in generator.state_dict())
+        if module_has_weight_norm and not checkpoint.weight_norm:
+            state = weight_norm_state(generator, state)
+        elif checkpoint.weight_norm and not module_has_weight_norm:
+            raise CheckpointError(
+                f"{checkpoint.path}: weight-norm generator weights, but the run's generator has weight "
+                "norm removed; fine-tune a generator with weight norm (as training builds it)"
+            )
+        with torch.no_grad():
+            generator.load_state_dict(state, strict=True)
+
+        discriminator_loaded = self._load_discriminator(checkpoint, pl_module)
+        step = checkpoint.metadata.get("global_step")
+        log.info(
+            "initialized the generator%s from %s (%s%s); optimizers and step counter start fresh",
+            " and discriminators" if discriminator_loaded else "",
+            checkpoint.path,
+            "exported generator" if checkpoint.kind == "export" else "training checkpoint",
+            f", step {step}" if step is not None else "",
+        )
+        return {"generator": True, "discriminator": discriminator_loaded, "source": dict(checkpoint.metadata)}
+
+    def _check_compatible(self, checkpoint: GeneratorCheckpoint, pl_module: L.LightningModule) -> None:
+        features: MelConfig = MelConfig.coerce(pl_module.features)
+        problems = [
+            f"features.{key}={_override(theirs)} (this run: {_override(ours)})"
+            for key, ours, theirs in _config_differences(features.to_dict(), checkpoint.features.to_dict())
+        ]
+        ours_generator = dict(getattr(pl_module.hparams, "generator", None) or {})
+        ours_generator.setdefault("num_mels", features.num_mels)
+        problems += [
+            f"model.generator.{key}={_override(theirs)} (this run: {_override(ours)})"
+            for key, ours, theirs in _config_differences(ours_generator, checkpoint.generator_kwargs)
+            if key != "num_mels"
+        ]
+        if problems:
+            raise CheckpointError(
+                f"init_from={checkpoint.path} was trained with other settings than this run; pick the "
+                "features and model presets it was trained with, or override these values:\n  "
+                + "\n  ".join(problems)
+            )
+
+    def _load_discriminator(self, checkpoint: GeneratorCheckpoint, pl_module: L.LightningModule) -> bool:
+        if not self.load_discriminators:
+            return False
+        if checkpoint.discriminator_state is None:
+            log.info("%s has no discriminators (an exported generator): they start fresh", checkpoint.path)
+            return False
+        discriminator = pl_module.discriminator
+        ours = discriminator.state_dict()
+        theirs = checkpoint.discriminator_state
+        mismatched = sorted(
+            k for k in set(ours) | set(theirs) if k not in ours or k not in theirs or ours[k].shape != theirs[k].shape
+        )
+        if mismatched:
+            message = (
+                f"init_from={checkpoint.path}: its discriminators do not fit this run's model.discriminator "
+                f"({len(mismatched)} tensors differ, e.g. {', '.join(mismatched[:3])})"
+            )
+            if self.strict_discriminators:
+                raise CheckpointError(message + "; use the same model.discriminator settings")
+            log.warning("%s: they start fresh (strict_discriminators=false)", message)
+            return False
+        with torch.no_grad():
+            discriminator.load_state_dict(theirs, strict=True)
+        return True
