@@ -11,8 +11,14 @@ The feature config travels in the checkpoint, so the mels are always computed (a
 checked) with the parameters the generator was trained on. Audio is read as the training data
 module reads validation clips (mono, resampled to the features' rate with soxr, trimmed to a whole
 number of hops), and its mel is computed clip by clip, so copy-synthesis of a validation clip gives
-exactly the validation audio of training (``--batch-size 1``; larger batches pad mels to the longest
-in the batch, which can change the last few milliseconds of the shorter clips by float rounding).
+exactly the validation audio of training.
+
+Batching (``--batch-size N``, default 1): files are sorted by length and taken N at a time; the mels
+of a batch are padded to the longest with the log-mel of silence and each output is trimmed to its
+own ``frames * hop_size`` samples. The generator sees the padding within its receptive field, so the
+last few frames of the shorter files of a batch differ slightly from their unbatched synthesis;
+batches pay off on a GPU with many short files. With the default of 1 every output depends on its
+input alone.
 """
 
 from __future__ import annotations
@@ -293,7 +299,7 @@ def synthesize(
     inputs: Sequence[str | os.PathLike],
     output_dir: str | os.PathLike = "synthesized",
     *,
-    batch_size: int = 8,
+    batch_size: int = 1,
     device: str = "auto",
     subtype: str = "PCM_16",
     resample: bool = True,
@@ -306,8 +312,9 @@ def synthesize(
         checkpoint: exported generator or full training checkpoint.
         inputs: audio files (copy-synthesis), ``.npy`` / ``.pt`` mels ``(num_mels, frames)``, folders.
         output_dir: where ``<stem>.wav`` files go (created).
-        batch_size: mels per generator call; mels of a batch are padded to the longest with the
-            log-mel of silence and each output is trimmed to ``frames * hop_size`` samples.
+        batch_size: mels per generator call, similar lengths together; mels of a batch are padded to
+            the longest with the log-mel of silence and each output is trimmed to its
+            ``frames * hop_size`` samples (see the module docstring for what padding changes).
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         subtype: WAV encoding, one of :data:`SUBTYPES`.
         resample: resample audio inputs at another rate to the features' rate (else an error).
@@ -382,8 +389,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="exported generator (python -m melvoc.export) or training checkpoint (.ckpt)")
     parser.add_argument("--output-dir", "-o", type=Path, default=Path("synthesized"),
                         help="folder for the WAV files (default: %(default)s)")
-    parser.add_argument("--batch-size", "-b", type=int, default=8,
-                        help="files per generator call, similar lengths batched together (default: %(default)s)")
+    parser.add_argument("--batch-size", "-b", type=int, default=1,
+                        help="files per generator call, similar lengths together; > 1 speeds up many short "
+                             "files on a GPU, but padding slightly changes the last frames of the shorter "
+                             "files of a batch (default: %(default)s, exact per file)")
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA when available), cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--subtype", choices=SUBTYPES, default="PCM_16",
