@@ -14,7 +14,17 @@ __all__ = [
     "MelSpectrogram",
     "Spectrogram",
     "__version__",
+    "load_generator",
     "mel_spectrogram",
     "spec_to_mel",
     "spectrogram",
 ]
+
+
+def __getattr__(name: str):
+    # Lazy, so that `import melvoc` stays free of Lightning (melvoc.inference imports melvoc.models).
+    if name == "load_generator":
+        from melvoc.inference import load_generator
+
+        return load_generator
+    raise AttributeError(f"module 'melvoc' has no attribute {name!r}")
