@@ -190,6 +190,7 @@ class HiFiGAN(L.LightningModule):
         return self.generator(mel).squeeze(1)
 
     def _generator_input(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """``mel_target`` (fine-tuning: an acoustic model's mels) if present, else ``mel``, else computed."""
         mel = batch.get("mel_target")
         if mel is None:
             mel = batch.get("mel")
@@ -198,7 +199,7 @@ class HiFiGAN(L.LightningModule):
                 raise KeyError(f"batch has neither 'mel' nor 'audio' (keys: {sorted(batch)})")
             with torch.no_grad():
                 mel = self.mel_spectrogram(batch["audio"])
-        return self._check_mel(mel)
+        return self._check_mel(mel).float()
 
     def _check_mel(self, mel: Tensor) -> Tensor:
         if mel.dim() != 3 or mel.size(1) != self.features.num_mels:
