@@ -345,7 +345,9 @@ def synthesize(
     hop = config.hop_size
     log.info("synthesizing %d file(s) on %s into %s", len(items), torch_device, output_dir)
 
-    bar = tqdm(total=len(items), unit="file", desc="synthesize", disable=(not progress) if progress is not None else None)
+    # disable=None: tqdm shows the bar only on a terminal.
+    disable = None if progress is None else not progress
+    bar = tqdm(total=len(items), unit="file", desc="synthesize", disable=disable)
     try:
         with torch.inference_mode():
             for batch in _batches(items, batch_size):
@@ -372,8 +374,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m melvoc.synthesize",
         description=(
-            "Vocode audio files (copy-synthesis: audio -> mel -> audio) or mel files (.npy/.pt, shape "
-            "(num_mels, frames)) with a trained generator. Mels are computed and checked with the feature "
+            "Vocode audio files (copy-synthesis: audio -> mel -> audio) or mel files (.npy/.pt, shape\n"
+            "(num_mels, frames)) with a trained generator. Mels are computed and checked with the feature\n"
             "config stored in the checkpoint; WAVs are written at its sample rate as <output-dir>/<stem>.wav."
         ),
         epilog=(
