@@ -24,6 +24,7 @@ import functools
 import logging
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,6 +48,7 @@ __all__ = [
     "TrainingResult",
     "format_summary",
     "process_rank",
+    "required_keys",
     "resolve_ckpt_path",
     "run_id",
     "train",
@@ -123,8 +125,23 @@ def _rank_suffix() -> str:
     return f"_rank{rank}"
 
 
+REQUIRED_MARK = "${melvoc.required:"
+
+
+def _required(*, _node_: Any) -> Any:
+    key = _node_._get_full_key(None)
+    raise MissingMandatoryValue(f"Missing required config value: {key}. Give it on the command line: {key}=...")
+
+
 def register_resolvers() -> None:
-    """Register the ``melvoc.*`` resolvers used by ``conf/hydra/default.yaml`` (idempotent)."""
+    """Register the ``melvoc.*`` resolvers (idempotent).
+
+    ``melvoc.run_id``, ``melvoc.rank_zero_only`` and ``melvoc.rank_suffix`` serve
+    ``conf/hydra/default.yaml``. ``${melvoc.required:}`` marks a value that must be given where
+    ``???`` cannot: a later config's ``???`` does not replace an earlier value when OmegaConf merges
+    (an experiment cannot make ``data.val_filelist``, ``null`` in ``data/filelist.yaml``, required).
+    """
+    OmegaConf.register_new_resolver("melvoc.required", _required, replace=True)
     OmegaConf.register_new_resolver("melvoc.run_id", run_id, replace=True)
     OmegaConf.register_new_resolver("melvoc.rank_zero_only", _rank_zero_only, replace=True)
     OmegaConf.register_new_resolver("melvoc.rank_suffix", _rank_suffix, replace=True)
@@ -138,17 +155,34 @@ register_resolvers()
 # --------------------------------------------------------------------------------------------------
 
 
+def required_keys(cfg: DictConfig) -> list[str]:
+    """Dotted keys that still need a value: ``???`` and ``${melvoc.required:}`` (sorted)."""
+    keys: set[str] = set()
+
+    def walk(node: Any, prefix: str) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            full = f"{prefix}.{key}" if prefix and isinstance(key, str) else f"{prefix}[{key}]" if prefix else str(key)
+            if isinstance(value, str) and (value == "???" or value.replace(" ", "").startswith(REQUIRED_MARK)):
+                keys.add(full)
+            else:
+                walk(value, full)
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return sorted(keys)
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Fail fast on a config that cannot train, before any data is read.
 
     Raises:
-        MissingMandatoryValue: a required value (``???``, e.g. ``data.train_filelist`` of an
-            experiment) was not given; the message lists every one of them.
+        MissingMandatoryValue: a required value (``???`` or ``${melvoc.required:}``, e.g.
+            ``data.train_filelist`` of an experiment) was not given; the message lists all of them.
         omegaconf.errors.InterpolationResolutionError: an interpolation does not resolve.
         ValueError: ``loss_features`` and ``features`` disagree on the sampling rate, or a group is
             not an instantiable node.
     """
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    missing = required_keys(cfg)
     if missing:
         example = " ".join(f"{key}=..." for key in missing)
         raise MissingMandatoryValue(
@@ -278,7 +312,7 @@ def _route_lightning_logs() -> None:
     """
     if not logging.getLogger().handlers:
         return
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
             if type(handler) is logging.StreamHandler:
@@ -315,6 +349,9 @@ def train(cfg: DictConfig) -> TrainingResult:
     """Run one training job described by the composed config ``cfg`` (see ``conf/train.yaml``)."""
     started = time.monotonic()
     _route_lightning_logs()
+    # The vocoder's manual optimization saves post-update weights with the matching step and optimizer
+    # states, which is what a resume needs; Lightning 2.6 warns about it on every periodic checkpoint.
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
     validate_config(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
     run_dir = Path(cfg.paths.output_dir).resolve()
@@ -406,7 +443,7 @@ def format_summary(result: TrainingResult) -> str:
     state = "interrupted" if result.interrupted else "finished"
     if result.fast_dev_run:
         state = "fast_dev_run finished (no checkpoints or logs are written)"
-    lines = [f"melvoc training {state}: {result.global_step} steps, {result.epoch + 1} epoch(s), "
+    lines = [f"melvoc training {state}: {result.global_step} steps, {result.epoch} epoch(s), "
              f"{_duration(result.elapsed_s)}"]
     before, after = result.initial_val_mel_l1, result.final_val_mel_l1
     label = "at resume" if result.resumed_from else "before"
