@@ -203,6 +203,7 @@ def test_ddp_trainer_takes_devices_and_nodes(compose_cfg, tmp_path):
     assert isinstance(trainer.strategy, DDPStrategy)
     assert trainer.num_devices == 2 and trainer.num_nodes == 1
     assert trainer.strategy._get_process_group_backend() == "gloo"
+    assert trainer.strategy._ddp_kwargs.get("find_unused_parameters") is True, "HiFiGAN's two backward passes"
 
 
 @pytest.mark.parametrize("name", options("debug"))
