@@ -411,6 +411,9 @@ def test_ckpt_path_last_is_the_newest_of_the_task(tmp_path):
     assert resolve_ckpt_path("last", tmp_path, "exp") == str(new.resolve())
     assert resolve_ckpt_path(str(old), tmp_path, "exp") == str(old.resolve())
     assert resolve_ckpt_path(None, tmp_path, "exp") is None
+    # A SLURM pre-emption checkpoint written after it is the newer resume point.
+    hpc = make_ckpt(tmp_path / "exp" / "runs" / "slurm-7" / "hpc_ckpt_1.ckpt", 3_500_000)
+    assert resolve_ckpt_path("last", tmp_path, "exp") == str(hpc.resolve())
 
 
 def test_ckpt_path_errors_name_what_was_searched(tmp_path):

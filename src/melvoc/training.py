@@ -222,17 +222,20 @@ def validate_config(cfg: DictConfig) -> None:
 def resolve_ckpt_path(ckpt_path: str | os.PathLike | None, log_dir: str | os.PathLike, task_name: str) -> str | None:
     """The checkpoint to resume from, as an absolute path; ``None`` to start from scratch.
 
-    ``"last"`` is the most recently written ``last.ckpt`` of this task (experiment):
-    ``<log_dir>/<task_name>/**/last.ckpt``, over all its runs and multiruns.
+    ``"last"`` is the most recently written resume point of this task (experiment) over all its
+    runs and multiruns under ``<log_dir>/<task_name>/``: a ``last.ckpt``, or an ``hpc_ckpt_<n>.ckpt``
+    that Lightning saves when SLURM signals a job before its time limit.
 
     Raises:
-        FileNotFoundError: the given file does not exist, or ``last`` found no ``last.ckpt``.
+        FileNotFoundError: the given file does not exist, or ``last`` found no checkpoint.
     """
     if ckpt_path is None or str(ckpt_path).strip() in ("", "null", "None"):
         return None
     if str(ckpt_path) == "last":
         task_dir = Path(log_dir) / task_name
-        candidates = [p for p in task_dir.glob(f"**/{LAST_CKPT}") if p.is_file()]
+        candidates = [
+            p for pattern in (f"**/{LAST_CKPT}", "**/hpc_ckpt_*.ckpt") for p in task_dir.glob(pattern) if p.is_file()
+        ]
         if not candidates:
             raise FileNotFoundError(
                 f"ckpt_path=last: no {LAST_CKPT} of task_name={task_name!r} under {task_dir.resolve()} "
