@@ -254,7 +254,7 @@ def test_experiments_compose_instantiate_and_agree(compose_cfg, tmp_path, name):
     assert loss == features.replace(fmax=None)
     assert hop_of(cfg.model) == features.hop_size
     assert cfg.data.segment_size % features.hop_size == 0
-    assert cfg.trainer.max_steps > 100_000
+    assert cfg.trainer.max_steps >= 10_000, "a real run length, not the demo's"
 
     model = instantiate(cfg.model)
     assert model.generator.hop_size == features.hop_size

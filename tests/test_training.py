@@ -278,5 +278,11 @@ def test_cli_demo_default_run(tmp_path):
     assert after <= 0.7 * before
     (run_dir,) = run_dirs(tmp_path / "logs", "train")
     assert (run_dir / "checkpoints" / LAST_CKPT).exists()
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert f"tensorboard --logdir {run_dir / 'tensorboard'}" in out
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "audio": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss_g", "train/loss_d", "train/mel_l1", "train/fm", "val/mel_l1"} <= set(tags["scalars"])
+    assert tags["images"] and tags["audio"], "spectrogram pictures and audio of the validation clips"
