@@ -207,7 +207,6 @@ def test_cli_fast_dev_run(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "logs"], "nothing written outside paths.*"
 
 
-@pytest.mark.slow
 def test_cli_resume_after_sigkill(tmp_path, speech_dir):
     logs = tmp_path / "logs"
     common = [f"paths.log_dir={logs}", f"paths.cache_dir={tmp_path / 'cache'}", *data_overrides(speech_dir),

@@ -387,9 +387,11 @@ def train(cfg: DictConfig) -> TrainingResult:
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     finished = not trainer.interrupted and not trainer.fast_dev_run
+    final = tracker.value
     if finished and tracker.step != trainer.global_step and trainer.global_step > 0:
-        trainer.validate(model, datamodule=datamodule, verbose=False)
-    final = _metric(trainer.callback_metrics, VAL_METRIC)
+        # The last validation (if any) was before the last step: measure the final weights.
+        results = trainer.validate(model, datamodule=datamodule, verbose=False)
+        final = _metric(results[0], VAL_METRIC) if results else None
 
     last_ckpt = _save_final_last_checkpoint(trainer) if finished else None
     best_cb = _best_checkpoint_callback(trainer)
