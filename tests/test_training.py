@@ -253,7 +253,7 @@ def test_cli_ddp_two_cpu_processes_write_one_run_folder(tmp_path, speech_dir):
     out = run_cli(
         "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "task_name=ddp",
         f"paths.log_dir={logs}", f"paths.cache_dir={tmp_path / 'cache'}", *data_overrides(speech_dir),
-        "data.batch_size=2", "logger=csv", "trainer.max_steps=4", "trainer.val_check_interval=2",
+        "data.batch_size=2", "logger=csv", "trainer.max_steps=5", "trainer.val_check_interval=2",
         "callbacks.model_checkpoint.every_n_train_steps=2", "trainer.log_every_n_steps=1",
         cwd=tmp_path,
     ).stdout
@@ -262,8 +262,9 @@ def test_cli_ddp_two_cpu_processes_write_one_run_folder(tmp_path, speech_dir):
     assert {p.name for p in tmp_path.iterdir()} <= {"cache", "logs"}, "nothing written outside paths.*"
     assert (run_dir / ".hydra" / "config.yaml").exists()
     assert (run_dir / "train.log").exists()
-    assert load_ckpt(run_dir / "checkpoints" / LAST_CKPT)["global_step"] == 4
-    assert len(series(metrics(run_dir), "val/mel_l1")) == 3
+    # Steps 2 and 4 validate and checkpoint; the final step 5 gets a collective last validation and save.
+    assert load_ckpt(run_dir / "checkpoints" / LAST_CKPT)["global_step"] == 5
+    assert len(series(metrics(run_dir), "val/mel_l1")) == 4
     assert not list(run_dir.glob("*/.hydra")), "no nested per-rank run folders"
 
 
