@@ -355,6 +355,8 @@ def train(cfg: DictConfig) -> TrainingResult:
     # The vocoder's manual optimization saves post-update weights with the matching step and optimizer
     # states, which is what a resume needs; Lightning 2.6 warns about it on every periodic checkpoint.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
+    # Lightning 2.6's own use of a torch API that newer torch deprecates; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     validate_config(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
     run_dir = Path(cfg.paths.output_dir).resolve()
