@@ -3,8 +3,9 @@
     python benchmarks/bench_features.py [--reference PATH/mel_processing.py] [--device cpu|cuda]
 
 All contenders run in the same process, interleaved, on the same inputs; each time is the best of
-``--rounds`` rounds of ``--iters`` calls (robust against a busy machine). The table gives the original's
-time divided by melvoc's: > 1 means melvoc is faster.
+``--rounds`` rounds of ``--iters`` calls (robust against a busy machine). The last column is the median
+over rounds of the original's time divided by melvoc's, each pair timed back to back: > 1 means
+melvoc is faster.
 
 Without ``--reference`` the original functions are taken from ``../shared/seed/mel_processing.md``
 beside the repository (its code block is written to a temporary file at run time; this repository
@@ -25,6 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from melvoc import compat
 from melvoc.features import MelConfig, MelSpectrogram
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,9 +54,14 @@ def load_reference(path: str | None):
     return module
 
 
-def best_ms(fns: dict[str, Callable[[], object]], iters: int, rounds: int, sync: Callable[[], None]) -> dict[str, float]:
+def best_ms(
+    fns: dict[str, Callable[[], object]], iters: int, rounds: int, sync: Callable[[], None]
+) -> dict[str, object]:
+    """Best time (ms per call) of each contender, plus every round's times for paired ratios."""
     best = {name: float("inf") for name in fns}
+    per_round: list[dict[str, float]] = []
     for _ in range(rounds):
+        this_round = {}
         for name, fn in fns.items():
             fn()
             sync()
@@ -62,8 +69,16 @@ def best_ms(fns: dict[str, Callable[[], object]], iters: int, rounds: int, sync:
             for _ in range(iters):
                 fn()
             sync()
-            best[name] = min(best[name], (time.perf_counter() - start) / iters * 1e3)
-    return best
+            this_round[name] = (time.perf_counter() - start) / iters * 1e3
+            best[name] = min(best[name], this_round[name])
+        per_round.append(this_round)
+    return {**best, "_rounds": per_round}
+
+
+def paired_ratio(times: dict[str, object], slow: str, fast: str) -> float:
+    """Median over rounds of ``slow / fast``, each pair timed back to back (robust to a drifting machine)."""
+    rounds = [r for r in times["_rounds"] if slow in r and fast in r]  # type: ignore[union-attr]
+    return float(np.median([r[slow] / r[fast] for r in rounds]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +102,13 @@ def main(argv: list[str] | None = None) -> int:
             audio, c.n_fft, c.num_mels, c.sampling_rate, c.hop_size, c.win_size, c.fmin, c.fmax
         )
 
-    peers: dict[str, Callable[[torch.Tensor], object]] = {"melvoc": melvoc_mel}
+    def drop_in(audio: torch.Tensor) -> torch.Tensor:
+        return compat.mel_spectrogram_torch(
+            audio, c.n_fft, c.num_mels, c.sampling_rate, c.hop_size, c.win_size, c.fmin, c.fmax
+        )
+
+    # melvoc.compat keeps the original's range check (two host reads) on by default.
+    peers: dict[str, Callable[[torch.Tensor], object]] = {"melvoc": melvoc_mel, "melvoc.compat": drop_in}
     if legacy is not None:
         peers["original"] = original
     try:
@@ -120,10 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         diff = (melvoc_mel(batch.double()) - original(batch.double())).abs().max().item()
         print(f"max |melvoc - original| on the benchmark batch (float64): {diff:.2e}")
 
+    # The torch contenders are interleaved; librosa (NumPy) is timed in a phase of its own, after
+    # them, because its BLAS threads keep spinning after each call and would slow whatever runs next.
+    torch_peers = {k: f for k, f in peers.items() if k != "librosa"}
     rows = []
     with torch.no_grad():
         for case, audio in (("forward, batch 16 x 8192", batch), ("forward, one 10 s utterance", utterance)):
-            times = best_ms({k: (lambda f=f: f(audio)) for k, f in peers.items()}, args.iters, args.rounds, sync)
+            times = best_ms({k: (lambda f=f: f(audio)) for k, f in torch_peers.items()}, args.iters, args.rounds, sync)
             rows.append((case, times))
 
     def train_step(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
@@ -135,8 +159,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return run
 
-    grad_peers = {k: train_step(f) for k, f in peers.items() if k in ("melvoc", "original", "torchaudio")}
+    grad_peers = {k: train_step(f) for k, f in peers.items() if k != "librosa"}
     rows.append(("forward+backward, batch 16 x 8192", best_ms(grad_peers, args.iters, args.rounds, sync)))
+    if "librosa" in peers:
+        for case, times in rows[:2]:
+            audio = batch if "batch" in case else utterance
+            lib = best_ms({"librosa": lambda: peers["librosa"](audio)}, args.iters, args.rounds, sync)
+            times["librosa"] = lib["librosa"]
 
     names = list(peers)
     print(f"\ndevice={device} threads={args.threads} torch={torch.__version__}  (ms per call, best of {args.rounds})")
@@ -145,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|" + "---|" * (len(names) + 2))
     for case, times in rows:
         cells = " | ".join(f"{times[n]:.3f}" if n in times else "-" for n in names)
-        ratio = f"{times['original'] / times['melvoc']:.2f}x" if "original" in times else "-"
+        ratio = f"{paired_ratio(times, 'original', 'melvoc'):.2f}x" if "original" in times else "-"
         print(f"| {case} | {cells} | {ratio} |")
     if legacy is None:
         print("\n(no original to compare with: pass --reference PATH/mel_processing.py)")

@@ -237,12 +237,12 @@ class _ConstantCache:
 
     def __init__(self, maxsize: int = 32) -> None:
         self.maxsize = maxsize
-        self._items: OrderedDict[tuple, tuple[Tensor, Tensor, slice]] = OrderedDict()
+        self._items: OrderedDict[tuple, tuple[Tensor, Tensor, "_Layout", list[Tensor]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(
         self, config: MelConfig, dtype: torch.dtype, device: torch.device
-    ) -> tuple[Tensor, Tensor, slice]:
+    ) -> tuple[Tensor, Tensor, "_Layout", list[Tensor]]:
         key = (config, dtype, device)
         with self._lock:
             hit = self._items.get(key)
@@ -250,10 +250,12 @@ class _ConstantCache:
                 self._items.move_to_end(key)
                 return hit
         basis = mel_filterbank(config)
+        layout = _layout(basis)
         value = (
             hann_window(config).to(device=device, dtype=dtype),
             basis.to(device=device, dtype=dtype),
-            _band(basis),
+            layout,
+            [w.to(device=device, dtype=dtype) for w in _block_weights(basis, layout)],
         )
         with self._lock:
             self._items[key] = value
@@ -329,14 +331,17 @@ def _pad(batch: Tensor, config: MelConfig) -> Tensor:
     return batch
 
 
-def _power_to_magnitude(spectrum: Tensor, eps: float) -> Tensor:
-    """``sqrt(re^2 + im^2 + eps)`` of a complex tensor (``|X|`` for ``eps == 0``); no autograd."""
+def _power_to_magnitude(spectrum: Tensor, eps: float, overwrite: bool = False) -> Tensor:
+    """``sqrt(re^2 + im^2 + eps)`` of a complex tensor (``|X|`` for ``eps == 0``); no autograd.
+
+    ``overwrite``: square ``spectrum`` in place (saves an allocation when it is not needed after).
+    """
     if eps == 0:
         return spectrum.abs()
     # re*re + im*im on the real view, then one add: bit-identical to view_as_real(X).pow(2).sum(-1),
     # and several times faster (a reduction over a size-2 dim is slow).
     parts = torch.view_as_real(spectrum)
-    parts = parts * parts
+    parts = parts.mul_(parts) if overwrite else parts * parts
     return torch.add(parts[..., 0], parts[..., 1]).add_(eps).sqrt_()
 
 
@@ -403,7 +408,7 @@ def _magnitude(batch: Tensor, window: Tensor, config: MelConfig, band: slice = s
             raise ValueError("the STFT window is a constant; gradients to it are not supported")
         return _StftMagnitude.apply(padded, window, config.n_fft, config.hop_size, band, config.eps)
     frames = padded.unfold(-1, config.n_fft, config.hop_size)
-    return _power_to_magnitude(torch.fft.rfft(frames * window, dim=-1)[..., band], config.eps)
+    return _power_to_magnitude(torch.fft.rfft(frames * window, dim=-1)[..., band], config.eps, overwrite=True)
 
 
 def _log(mel: Tensor, config: MelConfig) -> Tensor:
@@ -414,19 +419,84 @@ def _log(mel: Tensor, config: MelConfig) -> Tensor:
     return mel.log_() if config.log_base == "e" else mel.log10_()
 
 
-def _mel_from_batch(
-    batch: Tensor, window: Tensor, basis: Tensor, band: slice, config: MelConfig
-) -> Tensor:
-    magnitude = _magnitude(batch, window, config, band)
-    return _log(torch.matmul(basis[:, band], magnitude.transpose(-1, -2)), config)
+@dataclass(frozen=True)
+class _Layout:
+    """Where the filterbank is non-zero: ``band`` of STFT bins, and blocks of mel bands.
+
+    Each triangular filter covers a few bins, so the dense ``(num_mels, bins)`` GEMM is mostly
+    multiplications by zero. Splitting the mel bands into a few consecutive blocks, each multiplied
+    only with the bins it covers (``(mel_start, mel_stop, bin_start, bin_stop)``, bins relative to
+    ``band``), cuts the work several-fold for the usual 80-128 bands; the skipped terms are exact zeros.
+    """
+
+    band: slice
+    blocks: tuple[tuple[int, int, int, int], ...]
 
 
-def _band(basis: Tensor) -> slice:
-    """The bins where some mel filter is non-zero: the rest contribute exact zeros to the GEMM."""
-    used = torch.nonzero(basis.detach().cpu().ne(0).any(0)).flatten()
+# Per-block cost in multiply-adds per frame: what a further GEMM call costs against saved work.
+_BLOCK_OVERHEAD = 1500
+
+
+def _layout(basis: Tensor) -> _Layout:
+    weights = basis.detach().cpu().ne(0)
+    used = torch.nonzero(weights.any(0)).flatten()
     if used.numel() == 0:
-        return slice(0, basis.shape[-1])
-    return slice(int(used[0]), int(used[-1]) + 1)
+        return _Layout(slice(0, basis.shape[-1]), ((0, basis.shape[0], 0, basis.shape[-1]),))
+    start, stop = int(used[0]), int(used[-1]) + 1
+    rows = []
+    for row in weights[:, start:stop]:
+        nonzero = torch.nonzero(row).flatten()
+        rows.append((int(nonzero[0]), int(nonzero[-1]) + 1) if nonzero.numel() else None)
+    # Cheapest split of the bands into consecutive blocks (dynamic programming over split points).
+    num_mels = len(rows)
+    best = [0.0] + [float("inf")] * num_mels
+    split = [0] * (num_mels + 1)
+    for stop_row in range(1, num_mels + 1):
+        first, last = None, None
+        for start_row in range(stop_row - 1, -1, -1):
+            span = rows[start_row]
+            if span is not None:
+                first = span[0] if first is None else min(first, span[0])
+                last = span[1] if last is None else max(last, span[1])
+            width = 0 if first is None else last - first
+            cost = best[start_row] + (stop_row - start_row) * width + _BLOCK_OVERHEAD
+            if cost < best[stop_row]:
+                best[stop_row], split[stop_row] = cost, start_row
+    blocks = []
+    stop_row = num_mels
+    while stop_row > 0:
+        start_row = split[stop_row]
+        spans = [r for r in rows[start_row:stop_row] if r is not None]
+        first = min((r[0] for r in spans), default=0)
+        last = max((r[1] for r in spans), default=first + 1)
+        blocks.append((start_row, stop_row, first, last))
+        stop_row = start_row
+    return _Layout(slice(start, stop), tuple(reversed(blocks)))
+
+
+def _block_weights(basis: Tensor, layout: _Layout) -> list[Tensor]:
+    """The transposed filterbank block of each entry of ``layout.blocks``: ``(block bins, block mels)``."""
+    offset = layout.band.start
+    return [basis[lo:hi, offset + a : offset + b].t().contiguous() for lo, hi, a, b in layout.blocks]
+
+
+def _project(weights: list[Tensor], magnitude: Tensor, layout: _Layout) -> Tensor:
+    """Magnitude ``(B, frames, band bins)`` -> mel ``(B, num_mels, frames)`` (not yet contiguous).
+
+    One plain 2-D GEMM per block on the ``(B * frames, bins)`` view: no batched-matmul expansion.
+    """
+    batch, frames, bins = magnitude.shape
+    flat = magnitude.reshape(batch * frames, bins)
+    parts = [torch.mm(flat[:, a:b], weight) for (_, _, a, b), weight in zip(layout.blocks, weights)]
+    mel = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    return mel.view(batch, frames, -1).transpose(1, 2)
+
+
+def _mel_from_batch(
+    batch: Tensor, window: Tensor, weights: list[Tensor], layout: _Layout, config: MelConfig
+) -> Tensor:
+    magnitude = _magnitude(batch, window, config, layout.band)
+    return _log(_project(weights, magnitude, layout), config).contiguous()
 
 
 def _unbatch(out: Tensor, batched: bool) -> Tensor:
@@ -440,7 +510,7 @@ def spectrogram(audio: Tensor, config: MelConfig) -> Tensor:
     """
     with torch.autocast(audio.device.type, enabled=False):
         batch, batched = _as_batch(audio, config)
-        window, _, _ = _constants.get(config, batch.dtype, batch.device)
+        window = _constants.get(config, batch.dtype, batch.device)[0]
         return _unbatch(_magnitude(batch, window, config).transpose(-1, -2), batched)
 
 
@@ -453,8 +523,8 @@ def spec_to_mel(spec: Tensor, config: MelConfig) -> Tensor:
         )
     with torch.autocast(spec.device.type, enabled=False):
         spec = spec.to(_compute_dtype(spec.dtype))
-        _, basis, band = _constants.get(config, spec.dtype, spec.device)
-        return _log(torch.matmul(basis[:, band], spec[..., band, :]), config)
+        _, basis, layout, _ = _constants.get(config, spec.dtype, spec.device)
+        return _log(torch.matmul(basis[:, layout.band], spec[..., layout.band, :]), config)
 
 
 def mel_spectrogram(audio: Tensor, config: MelConfig) -> Tensor:
@@ -465,8 +535,8 @@ def mel_spectrogram(audio: Tensor, config: MelConfig) -> Tensor:
     """
     with torch.autocast(audio.device.type, enabled=False):
         batch, batched = _as_batch(audio, config)
-        window, basis, band = _constants.get(config, batch.dtype, batch.device)
-        return _unbatch(_mel_from_batch(batch, window, basis, band, config), batched)
+        window, _, layout, weights = _constants.get(config, batch.dtype, batch.device)
+        return _unbatch(_mel_from_batch(batch, window, weights, layout, config), batched)
 
 
 class _FeatureModule(nn.Module):
@@ -504,11 +574,16 @@ class MelSpectrogram(_FeatureModule):
     def __init__(self, config: MelConfig | Mapping[str, Any]) -> None:
         super().__init__(config)
         self.register_buffer("mel_basis", mel_filterbank(self.config), persistent=False)
-        self.band = _band(self.mel_basis)
+        self.layout = _layout(self.mel_basis)
+        for index, weight in enumerate(_block_weights(self.mel_basis, self.layout)):
+            self.register_buffer(f"mel_block{index}", weight, persistent=False)
 
     def forward(self, audio: Tensor) -> Tensor:
         with torch.autocast(audio.device.type, enabled=False):
             batch, batched = _as_batch(audio, self.config)
             window = self._constant(self.window, batch.dtype)
-            basis = self._constant(self.mel_basis, batch.dtype)
-            return _unbatch(_mel_from_batch(batch, window, basis, self.band, self.config), batched)
+            weights = [
+                self._constant(getattr(self, f"mel_block{index}"), batch.dtype)
+                for index in range(len(self.layout.blocks))
+            ]
+            return _unbatch(_mel_from_batch(batch, window, weights, self.layout, self.config), batched)
