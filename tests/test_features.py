@@ -212,9 +212,7 @@ def test_autocast_runs_in_float32(dtype: torch.dtype) -> None:
 def test_float64_stays_float64_and_buffers_follow_module() -> None:
     module = MelSpectrogram(VITS)
     assert module.state_dict() == {}
-    buffers = {name for name, _ in module.named_buffers()}
-    assert {"window", "mel_basis"} <= buffers
-    assert buffers - {"window", "mel_basis"} == {f"mel_block{i}" for i in range(len(module.layout.blocks))}
+    assert {name for name, _ in module.named_buffers()} == {"window", "mel_basis"}
     assert module(torch.zeros(4096, dtype=torch.float64)).dtype == torch.float64
     module = module.double()
     assert all(buffer.dtype == torch.float64 for buffer in module.buffers())
