@@ -443,10 +443,35 @@ def _projection(basis: Tensor, band: slice) -> Tensor:
         return dense.to_sparse_csr()
 
 
+class _SparseProjection(torch.autograd.Function):
+    """``sparse (M, K) @ dense (K, N)`` with a backward that stays in the dense operand's dtype.
+
+    MKL's sparse kernels have no bfloat16/float16 versions, and under autocast the default backward
+    of ``torch.mm`` may be handed one; the gradient ``W^T @ grad`` is computed here in float32/64.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, columns: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(weight)
+        return torch.mm(weight, columns)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (weight,) = ctx.saved_tensors
+        with torch.autocast(grad.device.type, enabled=False):
+            return None, torch.mm(weight.t(), grad.to(weight.dtype))
+
+
 def _project(weight: Tensor, magnitude: Tensor) -> Tensor:
     """Filterbank ``(num_mels, bins)`` x magnitude ``(bins, B, F)`` -> ``(B, num_mels, F)`` (a view)."""
     bins, batch, frames = magnitude.shape
-    return torch.mm(weight, magnitude.view(bins, batch * frames)).view(-1, batch, frames).permute(1, 0, 2)
+    columns = magnitude.view(bins, batch * frames)
+    if weight.layout == torch.sparse_csr and torch.is_grad_enabled() and columns.requires_grad:
+        mel = _SparseProjection.apply(weight, columns)
+    else:
+        mel = torch.mm(weight, columns)
+    return mel.view(-1, batch, frames).permute(1, 0, 2)
 
 
 def _mel_from_batch(batch: Tensor, window: Tensor, weight: Tensor, band: slice, config: MelConfig) -> Tensor:
