@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from melvoc.data.dataset import silence_log_mel
+from melvoc.data.dataset import read_mel_tensor, silence_log_mel
 from melvoc.data.io import AUDIO_EXTENSIONS, AudioDataError, AudioInfo, audio_info, read_audio, resampled_length
 from melvoc.features import MelConfig, MelSpectrogram, min_audio_length
 from melvoc.inference import CheckpointError, load_generator
@@ -169,16 +169,7 @@ def load_mel_file(path: str | os.PathLike, config: MelConfig) -> Tensor:
         AudioDataError: unreadable, wrong shape or number of bins (naming both numbers), or NaN/inf.
     """
     path = Path(path)
-    try:
-        if path.suffix.lower() == ".npy":
-            mel = torch.from_numpy(np.load(path).astype(np.float32, copy=False))
-        else:
-            mel = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(mel, Tensor):
-                raise TypeError(f"holds a {type(mel).__name__}, not a tensor")
-            mel = mel.float()
-    except Exception as exc:
-        raise AudioDataError(f"{path}: cannot read the mel ({type(exc).__name__}: {exc})", path) from exc
+    mel = read_mel_tensor(path)
     _check_mel_shape(path, tuple(mel.shape), config.num_mels)
     mel = mel.reshape(mel.shape[-2], mel.shape[-1])
     if not torch.isfinite(mel).all():

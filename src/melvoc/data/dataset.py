@@ -304,19 +304,30 @@ class AudioDataset(Dataset):
         return mel
 
 
+def read_mel_tensor(path: Path | str) -> Tensor:
+    """The tensor stored in a mel file (``.npy``, else ``torch.save``d), as float32, any shape.
+
+    Raises:
+        AudioDataError: the file cannot be read or holds no tensor (naming the file and the cause).
+    """
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            return torch.from_numpy(np.load(path).astype(np.float32, copy=False))
+        mel = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(mel, Tensor):
+            raise TypeError(f"holds a {type(mel).__name__}, not a tensor")
+        return mel.float()
+    except Exception as exc:
+        raise AudioDataError(
+            f"{path}: cannot read the mel ({type(exc).__name__}: {exc}); regenerate it", path
+        ) from exc
+
+
 def load_mel(path: Path | str, num_mels: int) -> Tensor:
     """A precomputed log-mel, ``.npy`` or ``.pt``, as float32 ``(num_mels, frames)``."""
     path = Path(path)
-    try:
-        if path.suffix == ".npy":
-            mel = torch.from_numpy(np.load(path).astype(np.float32, copy=False))
-        else:
-            mel = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(mel, Tensor):
-                raise TypeError(f"holds a {type(mel).__name__}, not a tensor")
-            mel = mel.float()
-    except Exception as exc:
-        raise AudioDataError(f"{path}: cannot load the mel ({exc}); regenerate it", path) from exc
+    mel = read_mel_tensor(path)
     if mel.dim() == 3 and mel.shape[0] == 1:
         mel = mel[0]
     if mel.dim() != 2 or mel.shape[0] != num_mels:
