@@ -333,7 +333,7 @@ def _power_to_magnitude(spectrum: Tensor, eps: float, overwrite: bool = False) -
     copy). ``overwrite``: square ``spectrum`` in place (saves an allocation when it is not needed after).
     """
     batch, frames, bins = spectrum.shape
-    out = spectrum.real.new_empty(bins, batch, frames)
+    out = torch.empty(bins, batch, frames, dtype=spectrum.real.dtype, device=spectrum.device)
     target = out.permute(1, 2, 0)
     if eps == 0:
         torch.abs(spectrum, out=target)
@@ -342,7 +342,8 @@ def _power_to_magnitude(spectrum: Tensor, eps: float, overwrite: bool = False) -
     # and several times faster (a reduction over a size-2 dim is slow).
     parts = torch.view_as_real(spectrum)
     parts = parts.mul_(parts) if overwrite else parts * parts
-    torch.add(parts[..., 0], parts[..., 1], out=target)
+    real, imag = parts.unbind(-1)
+    torch.add(real, imag, out=target)
     return out.add_(eps).sqrt_()
 
 
@@ -464,19 +465,20 @@ class _SparseProjection(torch.autograd.Function):
 
 
 def _project(weight: Tensor, magnitude: Tensor) -> Tensor:
-    """Filterbank ``(num_mels, bins)`` x magnitude ``(bins, B, F)`` -> ``(B, num_mels, F)`` (a view)."""
+    """Filterbank ``(num_mels, bins)`` x magnitude ``(bins, B, F)`` -> ``(num_mels, B * F)``."""
     bins, batch, frames = magnitude.shape
     columns = magnitude.view(bins, batch * frames)
     if weight.layout == torch.sparse_csr and torch.is_grad_enabled() and columns.requires_grad:
-        mel = _SparseProjection.apply(weight, columns)
-    else:
-        mel = torch.mm(weight, columns)
-    return mel.view(-1, batch, frames).permute(1, 0, 2)
+        return _SparseProjection.apply(weight, columns)
+    return torch.mm(weight, columns)
 
 
 def _mel_from_batch(batch: Tensor, window: Tensor, weight: Tensor, band: slice, config: MelConfig) -> Tensor:
     magnitude = _magnitude(batch, window, config, band)
-    return _log(_project(weight, magnitude), config).contiguous()
+    _, size, frames = magnitude.shape
+    # The log runs on the GEMM's contiguous (num_mels, B * F) output, before the one layout copy.
+    mel = _log(_project(weight, magnitude), config)
+    return mel.view(-1, size, frames).permute(1, 0, 2).contiguous()
 
 
 def _unbatch(out: Tensor, batched: bool) -> Tensor:
