@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
+import pytest
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -125,3 +126,23 @@ def trained_run(tmp_path_factory) -> TrainedRun:
     )
     _RUN["run"] = run
     return run
+
+
+# Fixtures shared by the test modules that need a trained checkpoint; each module imports them, so
+# each still gets its own module-scoped run.
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> TrainedRun:
+    return trained_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def exported(run: TrainedRun, tmp_path_factory) -> Path:
+    from melvoc.export import export_generator
+
+    return export_generator(run.checkpoint, tmp_path_factory.mktemp("export") / "generator.pt")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield

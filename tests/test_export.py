@@ -14,23 +14,7 @@ from melvoc.export import export_generator, main
 from melvoc.features import MelConfig
 from melvoc.inference import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, CheckpointError, load_generator, read_checkpoint
 from melvoc.models import Generator, HiFiGAN
-from tests._trained import TrainedRun, one_thread, trained_run
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> TrainedRun:
-    return trained_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def exported(run: TrainedRun, tmp_path_factory) -> Path:
-    return export_generator(run.checkpoint, tmp_path_factory.mktemp("export") / "generator.pt")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+from tests._trained import TrainedRun, _one_thread, exported, run  # noqa: F401 (fixtures)
 
 
 def _mels(run: TrainedRun) -> torch.Tensor:

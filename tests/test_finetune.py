@@ -13,29 +13,12 @@ from hydra.utils import instantiate
 from omegaconf.errors import MissingMandatoryValue
 
 from melvoc.data import audio_info, read_audio
-from melvoc.export import export_generator
 from melvoc.features import MelSpectrogram
 from melvoc.finetune import InitFromCheckpoint
 from melvoc.inference import CheckpointError, load_generator, read_checkpoint
 from melvoc.training import train, validate_config
-from tests._trained import TINY_RUN, TrainedRun, one_thread, trained_run
+from tests._trained import TINY_RUN, TrainedRun, _one_thread, exported, run  # noqa: F401 (fixtures)
 from tests.conftest import compose_config
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> TrainedRun:
-    return trained_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def exported(run: TrainedRun, tmp_path_factory) -> Path:
-    return export_generator(run.checkpoint, tmp_path_factory.mktemp("export") / "generator.pt")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 def _model(*overrides: str):

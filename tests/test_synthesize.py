@@ -11,26 +11,9 @@ import soxr
 import torch
 
 from melvoc.data.io import AudioDataError
-from melvoc.export import export_generator
 from melvoc.inference import CheckpointError
 from melvoc.synthesize import SynthesisError, collect_inputs, load_mel_file, main, synthesize
-from tests._trained import TrainedRun, one_thread, trained_run
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> TrainedRun:
-    return trained_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def exported(run: TrainedRun, tmp_path_factory) -> Path:
-    return export_generator(run.checkpoint, tmp_path_factory.mktemp("export") / "generator.pt")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+from tests._trained import _one_thread, exported, run  # noqa: F401 (fixtures)
 
 
 def _cli(*args: str | Path) -> int:

@@ -44,6 +44,17 @@ def _as_3d(audio: Tensor) -> Tensor:
     return audio
 
 
+def _conv_stack(x: Tensor, convs: nn.ModuleList, conv_post: nn.Module) -> tuple[Tensor, list[Tensor]]:
+    """Leaky-ReLU conv stack then the output conv: ``(logits (B, N), feature map of every layer)``."""
+    fmap = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        fmap.append(x)
+    x = conv_post(x)
+    fmap.append(x)
+    return x.flatten(1, -1), fmap
+
+
 class DiscriminatorP(nn.Module):
     """Period discriminator: audio folded to ``(B, 1, T / period, period)``, 2-D convs along time."""
 
@@ -81,13 +92,7 @@ class DiscriminatorP(nn.Module):
             x = F.pad(x, (0, n_pad), "reflect" if n_pad < t else "constant")
             t = t + n_pad
         x = x.view(b, c, t // self.period, self.period)
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return x.flatten(1, -1), fmap
+        return _conv_stack(x, self.convs, self.conv_post)
 
 
 class MultiPeriodDiscriminator(nn.Module):
@@ -126,13 +131,7 @@ class DiscriminatorS(nn.Module):
     def forward(self, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
         """``(B, 1, T) -> (logits (B, N), feature maps)``."""
         x = _as_3d(audio)
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return x.flatten(1, -1), fmap
+        return _conv_stack(x, self.convs, self.conv_post)
 
 
 class MultiScaleDiscriminator(nn.Module):
