@@ -5,7 +5,14 @@
 All contenders run in the same process, interleaved, on the same inputs; each time is the best of
 ``--rounds`` rounds of ``--iters`` calls (robust against a busy machine). The last column is the median
 over rounds of the original's time divided by melvoc's, each pair timed back to back: > 1 means
-melvoc is faster.
+melvoc is faster. The page-fault line counts the minor page faults per call of each contender.
+
+Page faults matter on the CPU: glibc hands freed multi-MB blocks back to the kernel (heap trimming)
+and the next call faults them in again, 4 KiB at a time, which can cost more than the computation.
+melvoc reuses its buffers (``melvoc.features`` plans); the original allocates per call, and whether
+its blocks get trimmed depends on the heap's history, so its time moves between runs.
+``--allocator keep`` reruns the script with glibc told never to trim or mmap (``GLIBC_TUNABLES``),
+so that no contender faults and the ratio compares computation alone.
 
 Without ``--reference`` the original functions are taken from ``../shared/seed/mel_processing.md``
 beside the repository (its code block is written to a temporary file at run time; this repository
@@ -16,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import re
+import resource
 import sys
 import tempfile
 import time
@@ -34,6 +43,7 @@ SEED = REPO.parent / "shared" / "seed" / "mel_processing.md"
 
 # hifigan_22k (conf/features/hifigan_22k.yaml) with the original's fixed eps, so outputs are comparable.
 CONFIG = MelConfig(22050, 1024, 256, 1024, 80, fmin=0.0, fmax=8000.0, eps=1e-6)
+KEEP_TUNABLES = "glibc.malloc.trim_threshold=268435456:glibc.malloc.mmap_threshold=33554432"
 
 
 def load_reference(path: str | None):
@@ -59,20 +69,23 @@ def best_ms(
 ) -> dict[str, object]:
     """Best time (ms per call) of each contender, plus every round's times for paired ratios."""
     best = {name: float("inf") for name in fns}
+    faults = {name: 0 for name in fns}
     per_round: list[dict[str, float]] = []
     for _ in range(rounds):
         this_round = {}
         for name, fn in fns.items():
             fn()
             sync()
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
             for _ in range(iters):
                 fn()
             sync()
             this_round[name] = (time.perf_counter() - start) / iters * 1e3
+            faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
             best[name] = min(best[name], this_round[name])
         per_round.append(this_round)
-    return {**best, "_rounds": per_round}
+    return {**best, "_rounds": per_round, "_faults": {k: v / (rounds * iters) for k, v in faults.items()}}
 
 
 def paired_ratio(times: dict[str, object], slow: str, fast: str) -> float:
@@ -88,7 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument(
+        "--allocator", choices=("default", "keep"), default="default",
+        help="keep: rerun with glibc never trimming or mmapping freed memory (no page faults for anyone)",
+    )
     args = parser.parse_args(argv)
+    if args.allocator == "keep" and "glibc.malloc.trim_threshold" not in os.environ.get("GLIBC_TUNABLES", ""):
+        env = dict(os.environ, GLIBC_TUNABLES=KEEP_TUNABLES)
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -168,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
             times["librosa"] = lib["librosa"]
 
     names = list(peers)
-    print(f"\ndevice={device} threads={args.threads} torch={torch.__version__}  (ms per call, best of {args.rounds})")
+    allocator = "glibc keeps freed memory" if "trim_threshold" in os.environ.get("GLIBC_TUNABLES", "") else "default allocator"
+    print(
+        f"\ndevice={device} threads={args.threads} torch={torch.__version__} {allocator}"
+        f"  (ms per call, best of {args.rounds})"
+    )
     header = "| case | " + " | ".join(f"{n} ms" for n in names) + " | original / melvoc |"
     print(header)
     print("|" + "---|" * (len(names) + 2))
@@ -176,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         cells = " | ".join(f"{times[n]:.3f}" if n in times else "-" for n in names)
         ratio = f"{paired_ratio(times, 'original', 'melvoc'):.2f}x" if "original" in times else "-"
         print(f"| {case} | {cells} | {ratio} |")
+    print("\nminor page faults per call: " + "; ".join(
+        f"{case}: " + ", ".join(f"{n} {times['_faults'][n]:.0f}" for n in names if n in times["_faults"])
+        for case, times in rows
+    ))
     if legacy is None:
         print("\n(no original to compare with: pass --reference PATH/mel_processing.py)")
     return 0

@@ -325,7 +325,122 @@ def test_functional_cache_keys_every_parameter_and_is_bounded() -> None:
     maxsize = F.cache_info()["maxsize"]
     for sr in range(8000, 8000 + 100 * (maxsize + 5), 100):
         mel_spectrogram(audio, MelConfig(sr, 256, 64, 256, 8))
-    assert F.cache_info() == {"size": maxsize, "maxsize": maxsize}
+    info = F.cache_info()
+    assert (info["size"], info["maxsize"]) == (maxsize, maxsize)
+    F.clear_cache()
+    assert F.cache_info()["size"] == F.cache_info()["plans"] == F.cache_info()["plan_bytes"] == 0
+
+
+# --------------------------------------------------------------------------- CPU plans, the inference path
+
+
+def autograd_path(module: MelSpectrogram, audio: torch.Tensor) -> torch.Tensor:
+    """The same module through its autograd path (always clamps, MKL sparse GEMM, no plans)."""
+    return module(audio.clone().requires_grad_()).detach()
+
+
+def test_plan_is_reused_and_every_result_is_a_fresh_tensor() -> None:
+    F.clear_cache()
+    module = MelSpectrogram(VITS)
+    first_audio, second_audio = torch.rand(2, 3, 4096) - 0.5
+    with torch.no_grad():
+        first = module(first_audio)
+        kept = first.clone()
+        second = module(second_audio)
+    assert F.cache_info()["plans"] == 1 and F.cache_info()["plan_bytes"] > 0
+    assert first.untyped_storage().data_ptr() != second.untyped_storage().data_ptr()
+    torch.testing.assert_close(first, kept, rtol=0, atol=0)  # the second call did not write into the first result
+    torch.testing.assert_close(second, autograd_path(module, second_audio), rtol=0, atol=1e-5)
+    with torch.no_grad():
+        spec_a, spec_b = Spectrogram(VITS)(first_audio), Spectrogram(VITS)(second_audio)
+    torch.testing.assert_close(spec_a, spectrogram(first_audio.double(), VITS).float(), rtol=1e-5, atol=1e-5)
+    assert spec_a.untyped_storage().data_ptr() != spec_b.untyped_storage().data_ptr()
+
+
+def test_plans_are_bounded_in_count_and_memory() -> None:
+    F.clear_cache()
+    module = MelSpectrogram(VITS)
+    info = F.cache_info()
+    with torch.no_grad():
+        for length in range(2048, 2048 + 256 * (F._plans.maxsize + 4), 256):
+            module(torch.rand(2, length) - 0.5)
+        assert F.cache_info()["plans"] == F._plans.maxsize
+        # a call whose buffers exceed the bound runs on a plan of its own, which is not kept
+        length = info["plan_max_bytes"] // (4 * VITS.n_fft) * VITS.hop_size
+        big = module(torch.zeros(1, length))
+    assert big.shape == (1, 80, num_frames(length, VITS))
+    assert F.cache_info()["plans"] <= F._plans.maxsize
+    assert F.cache_info()["plan_bytes"] <= info["plan_max_bytes"]
+    F.clear_cache()
+
+
+def test_inference_mode_then_grad_mode_reuse_the_same_plan() -> None:
+    F.clear_cache()
+    module = MelSpectrogram(VITS)
+    audio = torch.rand(2, 4096) - 0.5
+    with torch.inference_mode():
+        inside = module(audio)
+    outside = module(audio)  # grad mode on, no grad needed: the plan made in inference mode is written again
+    with torch.no_grad():
+        again = module(audio)
+    assert inside.is_inference() and not outside.is_inference()
+    torch.testing.assert_close(inside, outside, rtol=0, atol=0)
+    torch.testing.assert_close(again, outside, rtol=0, atol=0)
+
+
+def test_threads_sharing_a_module_get_their_own_results() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    module = MelSpectrogram(VITS)
+    inputs = [torch.rand(4, 8192, generator=torch.Generator().manual_seed(i)) - 0.5 for i in range(8)]
+    expected = [autograd_path(module, audio) for audio in inputs]
+
+    def run(i: int) -> torch.Tensor:
+        with torch.no_grad():
+            return [module(inputs[i]) for _ in range(5)][-1]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(run, range(8)))
+    for got, want in zip(results, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        VITS,
+        MelConfig(22050, 1024, 256, 1024, 80, fmax=8000.0, eps=1e-9),  # hifigan_22k: the floor binds
+        MelConfig(44100, 2048, 512, 2048, 128, eps=1e-9),
+        MelConfig(24000, 1024, 256, 1024, 100, center=True, pad_mode="none", mel_scale="htk", mel_norm=None, clip_val=1e-7),
+        MelConfig(16000, 128, 32, 128, 64, log_base="10"),  # empty filters: empty bags
+    ],
+)
+@pytest.mark.parametrize("size", [1, 3])
+def test_inference_path_matches_the_autograd_path(config: MelConfig, size: int) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = MelSpectrogram(config)
+    audio = torch.rand(size, 6000, generator=torch.Generator().manual_seed(size)) - 0.5
+    audio[0, :3000] = 0  # silence, where the log floor binds if it can
+    with torch.no_grad():
+        got32, got64 = module(audio), module(audio.double())
+    torch.testing.assert_close(got32, autograd_path(module, audio), rtol=0, atol=1e-5)
+    torch.testing.assert_close(got64, autograd_path(module, audio.double()), rtol=0, atol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.testing.assert_close(mel_spectrogram(audio, config), got32, rtol=0, atol=0)
+
+
+def test_log_floor_is_skipped_only_where_it_cannot_bind() -> None:
+    # VITS: every magnitude >= sqrt(1e-6), and every filter sums to well over 1e-5 / 1e-3
+    assert not MelSpectrogram(VITS).floor_can_bind
+    silence = MelSpectrogram(VITS)(torch.zeros(1, 4096))
+    assert silence.min() > np.log(VITS.clip_val)
+    # hifigan_22k's eps=1e-9 lets mels fall below clip_val: the floor is applied, silence hits it
+    hifigan = MelSpectrogram(VITS.replace(eps=1e-9, fmax=8000.0))
+    assert hifigan.floor_can_bind
+    torch.testing.assert_close(hifigan(torch.zeros(1, 4096)).min(), torch.tensor(np.log(1e-5), dtype=torch.float32))
+    assert MelSpectrogram(VITS.replace(eps=0.0)).floor_can_bind
 
 
 # --------------------------------------------------------------------------- Hydra presets
