@@ -431,6 +431,21 @@ def test_inference_path_matches_the_autograd_path(config: MelConfig, size: int) 
         torch.testing.assert_close(mel_spectrogram(audio, config), got32, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("config", [VITS, MelConfig(24000, 1024, 256, 1024, 100, center=True, pad_mode="none", eps=0.0)])
+def test_allocating_path_of_other_devices_matches_the_cpu_plans(monkeypatch, config: MelConfig) -> None:
+    """GPUs (and torch.compile) take the per-call-buffer path; run it on the CPU to check it."""
+    audio = torch.rand(3, 5000) - 0.5
+    module, spec_module = MelSpectrogram(config), Spectrogram(config)
+    with torch.no_grad():
+        planned, planned_spec = module(audio), spec_module(audio)
+        monkeypatch.setattr(F, "_compiling", lambda: True)
+        F.clear_cache()
+        allocated, allocated_spec = module(audio), spec_module(audio)
+    assert F.cache_info()["plans"] == 0
+    torch.testing.assert_close(allocated, planned, rtol=0, atol=1e-5)
+    torch.testing.assert_close(allocated_spec, planned_spec, rtol=0, atol=0)
+
+
 def test_log_floor_is_skipped_only_where_it_cannot_bind() -> None:
     # VITS: every magnitude >= sqrt(1e-6), and every filter sums to well over 1e-5 / 1e-3
     assert not MelSpectrogram(VITS).floor_can_bind

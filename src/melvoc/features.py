@@ -330,13 +330,28 @@ class _Plan:
             self.padded = torch.empty(size, padded_length, dtype=dtype) if padded_length != length else None
             self.source = None if self.padded is None else self.padded.unfold(-1, n_fft, hop)
             self.frames = torch.empty(size, count, n_fft, dtype=dtype)
-            # bins-major magnitude (bins, B, F) for the mel projection, and its (B, F, bins) view
+            # bins-major magnitude (bins, B, F) for the mel projection, its (B, F, bins) view, and
+            # the (bins * B, F) table the embedding_bag projection reads
             self.magnitude = torch.empty(bins, size, count, dtype=dtype) if bins else None
             self.power = None if self.magnitude is None else self.magnitude.permute(1, 2, 0)
+            self.table = None if self.magnitude is None else self.magnitude.view(bins * size, count)
+        # the reflect pre-pad's two mirrored edges as gathers (one op each, not a slice and a flip)
+        pad = config.pre_pad
+        self.edges = None
+        if pad and config.pad_mode == "reflect" and not config.center:
+            self.edges = (torch.arange(pad, 0, -1), torch.arange(length - 2, length - 2 - pad, -1))
 
     @property
     def nbytes(self) -> int:
         return sum(t.untyped_storage().nbytes() for t in (self.padded, self.frames, self.magnitude) if t is not None)
+
+    def frame_source(self, batch: Tensor, config: MelConfig) -> Tensor:
+        """The frames ``(B, F, n_fft)`` of ``(B, T)`` audio: an ``unfold`` view of the padded buffer."""
+        if self.edges is not None:
+            left, right = self.edges
+            torch.cat([batch.index_select(1, left), batch, batch.index_select(1, right)], dim=-1, out=self.padded)
+            return self.source
+        return _frame_source(batch, config, self.padded, self.source)
 
 
 class _PlanCache:
@@ -578,19 +593,26 @@ def _frame_source(batch: Tensor, config: MelConfig, padded: Optional[Tensor], so
     return padded.unfold(-1, config.n_fft, config.hop_size) if source is None else source
 
 
-def _power_into(source: Tensor, window: Tensor, frames: Tensor, band: slice, eps: float, target: Tensor) -> None:
-    """``|rfft(source * window)|^2 + eps`` over ``band`` into ``target`` ``(B, F, bins)`` (any layout); no autograd.
+def _power_into(source: Tensor, window: Tensor, frames: Tensor, band: slice, target: Tensor) -> None:
+    """``re^2 + im^2`` of ``rfft(source * window)`` over ``band`` into ``target`` ``(B, F, bins)`` (any layout).
 
     ``source``: frames ``(B, F, n_fft)`` (a view); ``frames``: the buffer the windowed frames go to.
-    The rfft's output is allocated by ATen.
+    ``re*re + im*im`` (one in-place square, one add) is bit-identical to the original's
+    ``view_as_real(X).pow(2).sum(-1)``, and several times faster (a reduction over a size-2 dim is
+    slow). The rfft's output is allocated by ATen. No autograd.
     """
     torch.mul(source, window, out=frames)
     parts = torch.view_as_real(torch.fft.rfft(frames, dim=-1)[..., band])
     parts.mul_(parts)
     real, imag = parts.unbind(-1)
     torch.add(real, imag, out=target)
+
+
+def _sqrt_eps_(power: Tensor, eps: float) -> Tensor:
+    """``sqrt(power + eps)`` in place (on the buffer's own contiguous layout, the fast one)."""
     if eps:
-        target.add_(eps)
+        power.add_(eps)
+    return power.sqrt_()
 
 
 def _mel_inference(batch: Tensor, constants: _Constants, config: MelConfig) -> Tensor:
@@ -608,14 +630,12 @@ def _mel_inference(batch: Tensor, constants: _Constants, config: MelConfig) -> T
     weight = constants.weight
     plan = _plans.acquire(config, size, length, batch.dtype, weight.shape[1])
     try:
-        source = _frame_source(batch, config, plan.padded, plan.source)
-        _power_into(source, constants.window, plan.frames, constants.band, config.eps, plan.power)
-        magnitude = plan.magnitude.sqrt_()
+        _power_into(plan.frame_source(batch, config), constants.window, plan.frames, constants.band, plan.power)
+        magnitude = _sqrt_eps_(plan.magnitude, config.eps)
         if not constants.uses_bags:
             return _log_to_items(torch.mm(weight, magnitude.view(weight.shape[1], -1)), size, constants, config)
         indices, offsets, weights = constants.bags(size)
-        table = magnitude.view(-1, plan.count)
-        mel = torch.embedding_bag(table, indices, offsets, False, 0, False, weights)[0].view(size, -1, plan.count)
+        mel = torch.embedding_bag(plan.table, indices, offsets, False, 0, False, weights)[0].view(size, -1, plan.count)
     finally:
         plan.lock.release()
     if constants.clamp:
@@ -633,8 +653,8 @@ def _mel_inference_allocating(batch: Tensor, constants: _Constants, config: MelC
     weight = constants.weight
     magnitude = batch.new_empty(weight.shape[1], size, count)
     frames = batch.new_empty(size, count, config.n_fft)
-    _power_into(source, constants.window, frames, constants.band, config.eps, magnitude.permute(1, 2, 0))
-    magnitude.sqrt_()
+    _power_into(source, constants.window, frames, constants.band, magnitude.permute(1, 2, 0))
+    _sqrt_eps_(magnitude, config.eps)
     return _log_to_items(torch.mm(weight, magnitude.view(weight.shape[1], -1)), size, constants, config)
 
 
@@ -656,8 +676,7 @@ def _spectrogram_inference(batch: Tensor, window: Tensor, config: MelConfig) -> 
     if batch.device.type == "cpu" and not _compiling():
         plan = _plans.acquire(config, size, length, batch.dtype)
         try:
-            source = _frame_source(batch, config, plan.padded, plan.source)
-            _power_into(source, window, plan.frames, slice(None), config.eps, out.transpose(1, 2))
+            _power_into(plan.frame_source(batch, config), window, plan.frames, slice(None), out.transpose(1, 2))
         finally:
             plan.lock.release()
     else:
@@ -665,8 +684,8 @@ def _spectrogram_inference(batch: Tensor, window: Tensor, config: MelConfig) -> 
         padded = None if padded_length == length else batch.new_empty(size, padded_length)
         source = _frame_source(batch, config, padded)
         frames = batch.new_empty(size, out.shape[-1], config.n_fft)
-        _power_into(source, window, frames, slice(None), config.eps, out.transpose(1, 2))
-    return out.sqrt_()
+        _power_into(source, window, frames, slice(None), out.transpose(1, 2))
+    return _sqrt_eps_(out, config.eps)
 
 
 def _log(mel: Tensor, config: MelConfig) -> Tensor:
@@ -853,9 +872,11 @@ class MelSpectrogram(_FeatureModule):
         self._derived_of: Optional[tuple[Tensor, Tensor]] = None
 
     def _derived_constants(self, dtype: torch.dtype) -> _Constants:
-        if self._derived_of is None or self._derived_of[0] is not self.mel_basis or self._derived_of[1] is not self.window:
+        buffers = self._buffers  # faster than nn.Module.__getattr__, on every call
+        basis, window = buffers["mel_basis"], buffers["window"]
+        if self._derived_of is None or self._derived_of[0] is not basis or self._derived_of[1] is not window:
             self._derived = {}
-            self._derived_of = (self.mel_basis, self.window)
+            self._derived_of = (basis, window)
         constants = self._derived.get(dtype)
         if constants is None:
             constants = _Constants(
