@@ -154,6 +154,13 @@ def test_shapes() -> None:
             mel(bad)
     with pytest.raises(ValueError, match="integer PCM"):
         mel(torch.zeros(4096, dtype=torch.int16))
+    # an empty batch (e.g. the last shard of a filtered list) gives an empty result, also with grad
+    empty = torch.zeros(0, 256 * 20, requires_grad=True)
+    assert mel(empty).shape == (0, 80, 20) and Spectrogram(VITS)(empty).shape == (0, 513, 20)
+    mel(empty).sum().backward()
+    assert empty.grad.shape == empty.shape
+    with torch.no_grad():
+        assert mel(empty.detach()).shape == (0, 80, 20)
 
 
 @pytest.mark.parametrize("length", [1024, 4096, 5000, 22050])

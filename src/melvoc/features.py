@@ -764,6 +764,9 @@ def _project(weight: Tensor, magnitude: Tensor) -> Tensor:
 
 def _mel(batch: Tensor, constants: _Constants, config: MelConfig) -> Tensor:
     """``(B, T)`` -> log-mel ``(B, num_mels, frames)``: the inference path, or the autograd one."""
+    if batch.shape[0] == 0:  # MKL's FFT rejects an empty batch
+        # "+ batch.sum()" (a zero) keeps the result attached to the graph when the audio needs grad
+        return batch.new_zeros(0, constants.basis.shape[0], num_frames(batch.shape[-1], config)) + batch.sum()
     if not _needs_autograd(batch, constants.window, constants.weight):
         return _mel_inference(batch, constants, config)
     magnitude = _magnitude(batch, constants.window, config, constants.band)
@@ -775,6 +778,8 @@ def _mel(batch: Tensor, constants: _Constants, config: MelConfig) -> Tensor:
 
 def _spectrogram(batch: Tensor, window: Tensor, config: MelConfig) -> Tensor:
     """``(B, T)`` -> magnitude ``(B, n_freqs, frames)``: the inference path, or the autograd one."""
+    if batch.shape[0] == 0:  # MKL's FFT rejects an empty batch
+        return batch.new_zeros(0, config.n_freqs, num_frames(batch.shape[-1], config)) + batch.sum()
     if not _needs_autograd(batch, window):
         return _spectrogram_inference(batch, window, config)
     return _magnitude(batch, window, config).permute(1, 0, 2).contiguous()
