@@ -453,6 +453,79 @@ def test_allocating_path_of_other_devices_matches_the_cpu_plans(monkeypatch, con
     torch.testing.assert_close(allocated_spec, planned_spec, rtol=0, atol=0)
 
 
+def test_constants_first_built_in_inference_mode_still_allow_a_backward() -> None:
+    F.clear_cache()
+    config = VITS.replace(eps=1e-7)
+    module = MelSpectrogram(config)
+    audio = torch.rand(2, 4096, dtype=torch.float64) - 0.5
+    with torch.inference_mode():
+        module(audio)
+        mel_spectrogram(audio, config)
+    for compute in (module, lambda a: mel_spectrogram(a, config)):
+        leaf = audio.clone().requires_grad_()
+        compute(leaf).sum().backward()
+        assert torch.isfinite(leaf.grad).all()
+
+
+def test_an_assigned_filterbank_is_described_again() -> None:
+    module = MelSpectrogram(VITS)
+    module.mel_basis = module.mel_basis * 1e-3  # a caller's own (rescaled) filterbank
+    silence = torch.zeros(1, 4096)
+    with torch.no_grad():
+        inference = module(silence)
+    assert module.floor_can_bind  # the rescaled filters' sums no longer clear clip_val
+    torch.testing.assert_close(inference, autograd_path(module, silence), rtol=0, atol=0)
+    torch.testing.assert_close(inference.min(), torch.tensor(np.log(VITS.clip_val), dtype=torch.float32))
+    moved = MelSpectrogram(VITS).double()  # a conversion keeps the values: nothing to describe again
+    assert moved._described_basis is moved.mel_basis and not moved.floor_can_bind
+
+
+def test_cache_info_while_other_threads_compute() -> None:
+    import threading
+    import time
+
+    module = MelSpectrogram(MelConfig(16000, 64, 16, 64, 8))
+    stop, errors = threading.Event(), []
+
+    def compute() -> None:
+        with torch.no_grad():
+            i = 0
+            while not stop.is_set():
+                module(torch.rand(1, 64 + i % 40))
+                i += 1
+
+    def report() -> None:
+        while not stop.is_set():
+            try:
+                F.cache_info()
+            except Exception as error:  # noqa: BLE001 - any error is the failure under test
+                errors.append(error)
+
+    threads = [threading.Thread(target=compute), threading.Thread(target=report)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+def test_projection_indices_count_towards_the_plan_bound() -> None:
+    F.clear_cache()
+    config = MelConfig(44100, 2048, 512, 2048, 128, eps=1e-9)  # bigvgan_44k: many filter entries
+    module = MelSpectrogram(config)
+    with torch.no_grad():
+        module(torch.zeros(64, 4096))
+        (plan,) = F._plans._items.values()
+        buffers = sum(t.untyped_storage().nbytes() for t in (plan.padded, plan.frames, plan.magnitude))
+        assert plan.bags is not None and plan.nbytes > buffers
+        for size in (96, 128, 160, 192, 224, 256):
+            module(torch.zeros(size, 4096))
+    assert F.cache_info()["plan_bytes"] <= F.cache_info()["plan_max_bytes"]
+    F.clear_cache()
+
+
 def test_log_floor_is_skipped_only_where_it_cannot_bind() -> None:
     # VITS: every magnitude >= sqrt(1e-6), and every filter sums to well over 1e-5 / 1e-3
     assert not MelSpectrogram(VITS).floor_can_bind

@@ -234,43 +234,31 @@ def mel_filterbank(config: MelConfig) -> Tensor:
 
 
 class _Constants:
-    """What one (config, dtype, device) needs besides the audio: window, filterbank and its projection."""
+    """What one (config, dtype, device) needs besides the audio: window, filterbank and its projection.
 
-    __slots__ = ("window", "basis", "band", "weight", "clamp", "_bags")
+    Built outside ``torch.inference_mode`` (see :func:`_normal`), so that constants first made under it
+    can still be saved for a backward later.
+    """
+
+    __slots__ = ("window", "basis", "band", "weight", "clamp")
 
     def __init__(self, window: Tensor, basis: Tensor, band: slice, clamp: bool) -> None:
-        self.window = window  # (n_fft,)
-        self.basis = basis  # (num_mels, n_freqs), dense
-        self.band = band  # the bins some filter covers
-        self.weight = _projection(basis, band)  # basis[:, band]; sparse CSR on the CPU
+        with torch.inference_mode(False):
+            self.window = _normal(window)  # (n_fft,)
+            self.basis = _normal(basis)  # (num_mels, n_freqs), dense
+            self.band = band  # the bins some filter covers
+            self.weight = _projection(self.basis, band)  # basis[:, band]; sparse CSR on the CPU
         self.clamp = clamp  # whether the log floor clip_val can bind (see _floor_can_bind)
-        self._bags: OrderedDict[int, tuple[Tensor, Tensor, Tensor]] = OrderedDict()
 
     @property
     def uses_bags(self) -> bool:
         """Project with ``embedding_bag`` (float32 on the CPU); otherwise with ``torch.mm``."""
         return self.weight.layout == torch.sparse_csr and self.weight.dtype == torch.float32
 
-    def bags(self, size: int) -> tuple[Tensor, Tensor, Tensor]:
-        """``embedding_bag`` indices, offsets and weights for a batch of ``size``.
 
-        Bag ``(b, m)`` sums ``weight[m, k] * table[k * size + b]`` over the bins ``k`` of filter
-        ``m``, where the table is the bins-major magnitude ``(bins, B, F)`` viewed as
-        ``(bins * B, F)``: the output ``(B * num_mels, F)`` is the result's own layout.
-        """
-        hit = self._bags.get(size)
-        if hit is None:
-            crow, col = self.weight.crow_indices(), self.weight.col_indices()
-            items = torch.arange(size).unsqueeze(1)
-            hit = (
-                (col.unsqueeze(0) * size + items).reshape(-1),
-                (items * col.numel() + crow[:-1].unsqueeze(0)).reshape(-1),
-                self.weight.values().repeat(size),
-            )
-            self._bags[size] = hit
-            while len(self._bags) > 8:
-                self._bags.popitem(last=False)
-        return hit
+def _normal(tensor: Tensor) -> Tensor:
+    """``tensor``, or a copy of it that is not an inference tensor (call under ``inference_mode(False)``)."""
+    return tensor.clone() if tensor.is_inference() else tensor
 
 
 class _ConstantCache:
@@ -323,8 +311,11 @@ class _Plan:
     def __init__(self, config: MelConfig, size: int, length: int, dtype: torch.dtype, bins: int) -> None:
         n_fft, hop = config.n_fft, config.hop_size
         padded_length = _padded_length(length, config)
+        self.size = size
         self.count = count = 1 + (padded_length - n_fft) // hop
         self.lock = threading.Lock()
+        self.bags: Optional[tuple[Tensor, Tensor, Tensor]] = None
+        self.bags_for: Optional[Tensor] = None
         # Never inference tensors: those could not be written outside torch.inference_mode().
         with torch.inference_mode(False):
             self.padded = torch.empty(size, padded_length, dtype=dtype) if padded_length != length else None
@@ -343,7 +334,27 @@ class _Plan:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.untyped_storage().nbytes() for t in (self.padded, self.frames, self.magnitude) if t is not None)
+        tensors = [self.padded, self.frames, self.magnitude, *(self.bags or ())]
+        return sum(t.untyped_storage().nbytes() for t in tensors if t is not None)
+
+    def set_bags(self, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``embedding_bag`` indices, offsets and weights projecting :attr:`table` with the CSR ``weight``.
+
+        Bag ``(b, m)`` sums ``weight[m, k] * table[k * B + b]`` over the bins ``k`` of filter ``m``,
+        where the table is the bins-major magnitude ``(bins, B, F)`` viewed as ``(bins * B, F)``: the
+        output ``(B * num_mels, F)`` is the result's own layout. Rebuilt when another weight tensor
+        (another module's, or a replaced filterbank) uses this plan.
+        """
+        crow, col = weight.crow_indices(), weight.col_indices()
+        items = torch.arange(self.size).unsqueeze(1)
+        with torch.inference_mode(False):
+            self.bags = (
+                (col.unsqueeze(0) * self.size + items).reshape(-1),
+                (items * col.numel() + crow[:-1].unsqueeze(0)).reshape(-1),
+                weight.values().repeat(self.size),
+            )
+        self.bags_for = weight
+        return self.bags
 
     def frame_source(self, batch: Tensor, config: MelConfig) -> Tensor:
         """The frames ``(B, F, n_fft)`` of ``(B, T)`` audio: an ``unfold`` view of the padded buffer."""
@@ -367,34 +378,50 @@ class _PlanCache:
         self._items: OrderedDict[tuple, _Plan] = OrderedDict()
         self._lock = threading.Lock()
 
-    def acquire(self, config: MelConfig, size: int, length: int, dtype: torch.dtype, bins: int = 0) -> _Plan:
-        """A plan, locked for the caller (release ``plan.lock`` after); ``bins``: magnitude bins, 0 for none."""
+    def acquire(
+        self, config: MelConfig, size: int, length: int, dtype: torch.dtype, constants: Optional[_Constants] = None
+    ) -> _Plan:
+        """A plan, locked for the caller (release ``plan.lock`` after).
+
+        ``constants``: for a mel plan (magnitude buffer and, for ``embedding_bag`` projections, the
+        bags of ``constants.weight``); ``None`` for a spectrogram plan.
+        """
+        bins = 0 if constants is None else constants.weight.shape[1]
         key = (config, size, length, dtype, bins)
         with self._lock:
             plan = self._items.get(key)
             if plan is not None:
                 self._items.move_to_end(key)
         if plan is not None and plan.lock.acquire(blocking=False):
+            if constants is not None and constants.uses_bags and plan.bags_for is not constants.weight:
+                plan.set_bags(constants.weight)
             return plan
         plan = _Plan(config, size, length, dtype, bins)
         plan.lock.acquire()
+        if constants is not None and constants.uses_bags:
+            plan.set_bags(constants.weight)
         if plan.nbytes <= self.max_bytes:
             with self._lock:
                 self._items[key] = plan
-                while len(self._items) > self.maxsize or self.nbytes > self.max_bytes:
+                while len(self._items) > self.maxsize or self._total() > self.max_bytes:
                     self._items.popitem(last=False)
         return plan
 
+    def _total(self) -> int:
+        return sum(plan.nbytes for plan in self._items.values())
+
     @property
     def nbytes(self) -> int:
-        return sum(plan.nbytes for plan in self._items.values())
+        with self._lock:
+            return self._total()
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
 
     def __len__(self) -> int:
-        return len(self._items)
+        with self._lock:
+            return len(self._items)
 
 
 _constants = _ConstantCache()
@@ -427,7 +454,14 @@ def _autocast_query() -> Callable[[str], bool]:
         torch.is_autocast_enabled("cpu")  # torch >= 2.4: per device type
     except TypeError:  # pragma: no cover - older torch: assume on, and always switch it off
         return lambda device_type: True
-    return torch.is_autocast_enabled
+
+    def query(device_type: str) -> bool:
+        try:
+            return torch.is_autocast_enabled(device_type)
+        except RuntimeError:  # a device type autocast does not know (meta): nothing to switch off
+            return False
+
+    return query
 
 
 _autocast_on = _autocast_query()
@@ -618,20 +652,20 @@ def _mel_inference(batch: Tensor, constants: _Constants, config: MelConfig) -> T
     Pad, window, rfft, the power written bins-major, eps, sqrt, the filterbank projection, the log
     floor where it can bind, the log. On the CPU every intermediate but the rfft's output lives in
     a reused :class:`_Plan`, and for float32 the projection is an ``embedding_bag`` (see
-    :meth:`_Constants.bags`): about 3x faster than MKL's sparse GEMM at these sizes, and it writes
+    :meth:`_Plan.set_bags`): about 3x faster than MKL's sparse GEMM at these sizes, and it writes
     the result's layout, so the log runs in place with no transpose.
     """
     if batch.device.type != "cpu" or _compiling():  # plans are eager-mode machinery (locks, reused buffers)
         return _mel_inference_allocating(batch, constants, config)
     size, length = batch.shape
     weight = constants.weight
-    plan = _plans.acquire(config, size, length, batch.dtype, weight.shape[1])
+    plan = _plans.acquire(config, size, length, batch.dtype, constants)
     try:
         _power_into(plan.frame_source(batch, config), constants.window, plan.frames, constants.band, plan.power)
         magnitude = _sqrt_eps_(plan.magnitude, config.eps)
         if not constants.uses_bags:
             return _log_to_items(torch.mm(weight, magnitude.view(weight.shape[1], -1)), size, constants, config)
-        indices, offsets, weights = constants.bags(size)
+        indices, offsets, weights = plan.bags
         mel = torch.embedding_bag(plan.table, indices, offsets, False, 0, False, weights)[0].view(size, -1, plan.count)
     finally:
         plan.lock.release()
@@ -694,25 +728,30 @@ def _log(mel: Tensor, config: MelConfig) -> Tensor:
 
 
 def _band(basis: Tensor) -> slice:
-    """The bins where some mel filter is non-zero: the rest would contribute exact zeros."""
-    used = torch.nonzero(basis.detach().cpu().ne(0).any(0)).flatten()
-    if used.numel() == 0:
+    """The bins where some mel filter is non-zero: the rest would contribute exact zeros.
+
+    Computed in NumPy from a host copy, so no ATen op reads a scalar back (see the host-read test).
+    """
+    used = np.flatnonzero((basis.detach().to("cpu", torch.float64).numpy() != 0).any(axis=0))
+    if used.size == 0:
         return slice(0, basis.shape[-1])
     return slice(int(used[0]), int(used[-1]) + 1)
 
 
 def _floor_can_bind(basis: Tensor, config: MelConfig) -> bool:
-    """Whether ``clamp(mel, clip_val)`` can change anything, from the float32 filterbank ``(num_mels, n_freqs)``.
+    """Whether ``clamp(mel, clip_val)`` can change anything, for the filterbank ``(num_mels, n_freqs)``.
 
-    Every magnitude is at least ``sqrt(eps)`` and the filters are non-negative, so each mel value is
-    at least ``sqrt(eps)`` times its filter's sum. Where that bound clears ``clip_val`` for every
+    Every magnitude is at least ``sqrt(eps)``, so with non-negative filters each mel value is at
+    least ``sqrt(eps)`` times its filter's sum. Where that bound clears ``clip_val`` for every
     filter, with a 1% margin for rounding (and for a filterbank cast to half precision and back),
     the clamp is a no-op and is skipped. NaN passes through either way.
     """
     if config.eps <= 0:
         return True
-    sums = basis.detach().cpu().double().sum(dim=1)
-    return not bool((sums * math.sqrt(config.eps) * 0.99 > config.clip_val).all())
+    weights = basis.detach().to("cpu", torch.float64).numpy()
+    if (weights < 0).any():
+        return True
+    return not bool((weights.sum(axis=1) * math.sqrt(config.eps) * 0.99 > config.clip_val).all())
 
 
 def _projection(basis: Tensor, band: slice) -> Tensor:
@@ -867,16 +906,28 @@ class MelSpectrogram(_FeatureModule):
         self.register_buffer("mel_basis", mel_filterbank(self.config), persistent=False)
         self.band = _band(self.mel_basis)
         self.floor_can_bind = _floor_can_bind(self.mel_basis, self.config)
+        # band and floor_can_bind describe this filterbank object; .to()/.double() keep its values
+        # (see _apply), another tensor assigned to mel_basis gets them recomputed.
+        self._described_basis: Optional[Tensor] = self.mel_basis
         # The constants derived from the buffers (the GEMM operand is sparse on the CPU), per
         # compute dtype: at most float32 and float64. Dropped when a buffer is replaced (.to(),
-        # .double()) and on copies.
+        # .double(), assignment) and on copies.
         self._derived: dict[torch.dtype, _Constants] = {}
         self._derived_of: Optional[tuple[Tensor, Tensor]] = None
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> "MelSpectrogram":
+        module = super()._apply(fn, recurse)
+        self._described_basis = self._buffers["mel_basis"]  # converted, same values
+        return module
 
     def _derived_constants(self, dtype: torch.dtype) -> _Constants:
         buffers = self._buffers  # faster than nn.Module.__getattr__, on every call
         basis, window = buffers["mel_basis"], buffers["window"]
         if self._derived_of is None or self._derived_of[0] is not basis or self._derived_of[1] is not window:
+            if basis is not self._described_basis:  # a filterbank of the caller's: describe it (one host copy)
+                self.band = _band(basis)
+                self.floor_can_bind = _floor_can_bind(basis, self.config)
+                self._described_basis = basis
             self._derived = {}
             self._derived_of = (basis, window)
         constants = self._derived.get(dtype)
@@ -889,7 +940,7 @@ class MelSpectrogram(_FeatureModule):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state.update(_derived={}, _derived_of=None)
+        state.update(_derived={}, _derived_of=None, _described_basis=None)
         return state
 
     def _forward(self, audio: Tensor) -> Tensor:
