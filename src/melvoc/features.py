@@ -14,6 +14,7 @@ filterbank are built in float32 and only then cast to the input dtype, and the p
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import threading
 import warnings
@@ -298,39 +299,48 @@ class _ConstantCache:
 
 
 class _Plan:
-    """Buffers for one (config, batch size, length, dtype) on the CPU, reused from call to call.
+    """Buffers for one (config, batch size, length, dtype): on the CPU reused from call to call.
 
     Why: the few MB of intermediates of a call (padded audio, windowed frames, magnitudes), allocated
     afresh, are handed back to the kernel by glibc's heap trimming on free, and the next call faults
     them in again, 4 KiB at a time: about 1,100 page faults per 16 x 8192 hifigan_22k call, which on
     a 2-core VM took 1.5 ms, three times the computation. A plan keeps them (and their views), so a
     call is only its kernels. The rfft's output is the one intermediate still allocated per call
-    (ATen has no true ``out=`` for it); every result handed to the caller is a fresh tensor.
+    (ATen has no true ``out=`` for it); every result handed to the caller is a fresh tensor. On other
+    devices (and under ``torch.compile``) a plan is made for one call, where the caching allocator
+    makes that free.
     """
 
-    def __init__(self, config: MelConfig, size: int, length: int, dtype: torch.dtype, bins: int) -> None:
+    def __init__(
+        self, config: MelConfig, size: int, length: int, dtype: torch.dtype, bins: int,
+        device: torch.device = torch.device("cpu"),
+    ) -> None:
         n_fft, hop = config.n_fft, config.hop_size
         padded_length = _padded_length(length, config)
         self.size = size
-        self.count = count = 1 + (padded_length - n_fft) // hop
+        self.count = count = num_frames(length, config)
         self.lock = threading.Lock()
         self.bags: Optional[tuple[Tensor, Tensor, Tensor]] = None
         self.bags_for: Optional[Tensor] = None
         # Never inference tensors: those could not be written outside torch.inference_mode().
         with torch.inference_mode(False):
-            self.padded = torch.empty(size, padded_length, dtype=dtype) if padded_length != length else None
+            empty = functools.partial(torch.empty, dtype=dtype, device=device)
+            self.padded = empty(size, padded_length) if padded_length != length else None
             self.source = None if self.padded is None else self.padded.unfold(-1, n_fft, hop)
-            self.frames = torch.empty(size, count, n_fft, dtype=dtype)
+            self.frames = empty(size, count, n_fft)
             # bins-major magnitude (bins, B, F) for the mel projection, its (B, F, bins) view, and
             # the (bins * B, F) table the embedding_bag projection reads
-            self.magnitude = torch.empty(bins, size, count, dtype=dtype) if bins else None
+            self.magnitude = empty(bins, size, count) if bins else None
             self.power = None if self.magnitude is None else self.magnitude.permute(1, 2, 0)
             self.table = None if self.magnitude is None else self.magnitude.view(bins * size, count)
         # the reflect pre-pad's two mirrored edges as gathers (one op each, not a slice and a flip)
         pad = config.pre_pad
         self.edges = None
         if pad and config.pad_mode == "reflect" and not config.center:
-            self.edges = (torch.arange(pad, 0, -1), torch.arange(length - 2, length - 2 - pad, -1))
+            self.edges = (
+                torch.arange(pad, 0, -1, device=device),
+                torch.arange(length - 2, length - 2 - pad, -1, device=device),
+            )
 
     @property
     def nbytes(self) -> int:
@@ -358,11 +368,14 @@ class _Plan:
 
     def frame_source(self, batch: Tensor, config: MelConfig) -> Tensor:
         """The frames ``(B, F, n_fft)`` of ``(B, T)`` audio: an ``unfold`` view of the padded buffer."""
+        if self.padded is None:
+            return batch.unfold(-1, config.n_fft, config.hop_size)
         if self.edges is not None:
             left, right = self.edges
             torch.cat([batch.index_select(1, left), batch, batch.index_select(1, right)], dim=-1, out=self.padded)
-            return self.source
-        return _frame_source(batch, config, self.padded, self.source)
+        else:
+            _pad(batch, config, out=self.padded)
+        return self.source
 
 
 class _PlanCache:
@@ -497,9 +510,9 @@ def _as_batch(audio: Tensor, config: MelConfig, minimum: Optional[int] = None) -
     return batch, batched
 
 
-def _reflect(batch: Tensor, pad: int) -> Tensor:
+def _reflect(batch: Tensor, pad: int, out: Optional[Tensor] = None) -> Tensor:
     """``F.pad(..., mode="reflect")`` on ``(B, T)``; a flip-and-concatenate is ~4x faster on CPU."""
-    return torch.cat([batch[:, 1 : pad + 1].flip(-1), batch, batch[:, -pad - 1 : -1].flip(-1)], dim=-1)
+    return torch.cat([batch[:, 1 : pad + 1].flip(-1), batch, batch[:, -pad - 1 : -1].flip(-1)], dim=-1, out=out)
 
 
 def _pad(batch: Tensor, config: MelConfig, out: Optional[Tensor] = None) -> Tensor:
@@ -517,7 +530,7 @@ def _pad(batch: Tensor, config: MelConfig, out: Optional[Tensor] = None) -> Tens
     elif config.pad_mode != "reflect":
         edge = batch.new_zeros(batch.shape[0], pad)
         return torch.cat([edge, batch, edge], dim=-1, out=out)
-    return torch.cat([batch[:, 1 : pad + 1].flip(-1), batch, batch[:, -pad - 1 : -1].flip(-1)], dim=-1, out=out)
+    return _reflect(batch, pad, out=out)
 
 
 def _padded_length(num_samples: int, config: MelConfig) -> int:
@@ -525,21 +538,29 @@ def _padded_length(num_samples: int, config: MelConfig) -> int:
 
 
 def _power_to_magnitude(spectrum: Tensor, eps: float, overwrite: bool = False) -> Tensor:
-    """``sqrt(re^2 + im^2 + eps)`` (``|X|`` for ``eps == 0``) of ``(B, F, bins)`` -> ``(bins, B, F)``; no autograd.
+    """``sqrt(re^2 + im^2 + eps)`` of ``(B, F, bins)`` -> ``(bins, B, F)``; no autograd.
 
     The bins-major result is what the filterbank GEMM wants, written there directly (no transpose
     copy). ``overwrite``: square ``spectrum`` in place (saves an allocation when it is not needed after).
     """
     batch, frames, bins = spectrum.shape
     out = torch.empty(bins, batch, frames, dtype=spectrum.real.dtype, device=spectrum.device)
-    # re*re + im*im on the real view, then one add: bit-identical to view_as_real(X).pow(2).sum(-1),
-    # and several times faster (a reduction over a size-2 dim is slow). For eps == 0 this is also
-    # much faster than the complex abs (a scaled hypot), within an ulp of it.
-    parts = torch.view_as_real(spectrum)
-    parts = parts.mul_(parts) if overwrite else parts * parts
-    real, imag = parts.unbind(-1)
-    torch.add(real, imag, out=out.permute(1, 2, 0))
+    _square_sum_into(spectrum, out.permute(1, 2, 0), overwrite)
     return _sqrt_eps_(out, eps)
+
+
+def _square_sum_into(spectrum: Tensor, target: Tensor, in_place: bool) -> None:
+    """``re^2 + im^2`` of complex ``spectrum`` into ``target`` (same shape, any layout).
+
+    ``re*re + im*im`` on the real view, then one add: bit-identical to the original's
+    ``view_as_real(X).pow(2).sum(-1)`` and several times faster (a reduction over a size-2 dim is
+    slow). For ``eps == 0`` it is also much faster than the complex abs (a scaled hypot), within an
+    ulp of it. ``in_place``: square ``spectrum`` itself (when it is not needed after).
+    """
+    parts = torch.view_as_real(spectrum)
+    parts = parts.mul_(parts) if in_place else parts * parts
+    real, imag = parts.unbind(-1)
+    torch.add(real, imag, out=target)
 
 
 def _overlap_add(frames: Tensor, hop: int, length: int) -> Tensor:
@@ -612,31 +633,14 @@ def _needs_autograd(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _frame_source(batch: Tensor, config: MelConfig, padded: Optional[Tensor], source: Optional[Tensor] = None) -> Tensor:
-    """The frames ``(B, F, n_fft)`` of ``(B, T)`` audio, as an ``unfold`` view of the padded audio.
-
-    ``padded``: the buffer the padded audio is written to (``None`` when there is no padding);
-    ``source``: its precomputed ``unfold`` view, if any.
-    """
-    if padded is None:
-        return batch.unfold(-1, config.n_fft, config.hop_size)
-    _pad(batch, config, out=padded)
-    return padded.unfold(-1, config.n_fft, config.hop_size) if source is None else source
-
-
 def _power_into(source: Tensor, window: Tensor, frames: Tensor, band: slice, target: Tensor) -> None:
     """``re^2 + im^2`` of ``rfft(source * window)`` over ``band`` into ``target`` ``(B, F, bins)`` (any layout).
 
     ``source``: frames ``(B, F, n_fft)`` (a view); ``frames``: the buffer the windowed frames go to.
-    ``re*re + im*im`` (one in-place square, one add) is bit-identical to the original's
-    ``view_as_real(X).pow(2).sum(-1)``, and several times faster (a reduction over a size-2 dim is
-    slow). The rfft's output is allocated by ATen. No autograd.
+    The rfft's output is allocated by ATen. No autograd.
     """
     torch.mul(source, window, out=frames)
-    parts = torch.view_as_real(torch.fft.rfft(frames, dim=-1)[..., band])
-    parts.mul_(parts)
-    real, imag = parts.unbind(-1)
-    torch.add(real, imag, out=target)
+    _square_sum_into(torch.fft.rfft(frames, dim=-1)[..., band], target, in_place=True)
 
 
 def _sqrt_eps_(power: Tensor, eps: float) -> Tensor:
@@ -653,40 +657,28 @@ def _mel_inference(batch: Tensor, constants: _Constants, config: MelConfig) -> T
     floor where it can bind, the log. On the CPU every intermediate but the rfft's output lives in
     a reused :class:`_Plan`, and for float32 the projection is an ``embedding_bag`` (see
     :meth:`_Plan.set_bags`): about 3x faster than MKL's sparse GEMM at these sizes, and it writes
-    the result's layout, so the log runs in place with no transpose.
+    the result's layout, so the log runs in place with no transpose. Elsewhere it is a GEMM.
     """
-    if batch.device.type != "cpu" or _compiling():  # plans are eager-mode machinery (locks, reused buffers)
-        return _mel_inference_allocating(batch, constants, config)
     size, length = batch.shape
     weight = constants.weight
-    plan = _plans.acquire(config, size, length, batch.dtype, constants)
+    reused = batch.device.type == "cpu" and not _compiling()  # plans are eager-mode machinery
+    if reused:
+        plan = _plans.acquire(config, size, length, batch.dtype, constants)
+    else:
+        plan = _Plan(config, size, length, batch.dtype, weight.shape[1], batch.device)
     try:
         _power_into(plan.frame_source(batch, config), constants.window, plan.frames, constants.band, plan.power)
         magnitude = _sqrt_eps_(plan.magnitude, config.eps)
-        if not constants.uses_bags:
+        if plan.bags is None:
             return _log_to_items(torch.mm(weight, magnitude.view(weight.shape[1], -1)), size, constants, config)
         indices, offsets, weights = plan.bags
         mel = torch.embedding_bag(plan.table, indices, offsets, False, 0, False, weights)[0].view(size, -1, plan.count)
     finally:
-        plan.lock.release()
+        if reused:
+            plan.lock.release()
     if constants.clamp:
         mel.clamp_min_(config.clip_val)
     return mel.log_() if config.log_base == "e" else mel.log10_()
-
-
-def _mel_inference_allocating(batch: Tensor, constants: _Constants, config: MelConfig) -> Tensor:
-    """:func:`_mel_inference` with per-call buffers (GPUs, where the caching allocator makes that free)."""
-    size, length = batch.shape
-    padded_length = _padded_length(length, config)
-    count = 1 + (padded_length - config.n_fft) // config.hop_size
-    padded = None if padded_length == length else batch.new_empty(size, padded_length)
-    source = _frame_source(batch, config, padded)
-    weight = constants.weight
-    magnitude = batch.new_empty(weight.shape[1], size, count)
-    frames = batch.new_empty(size, count, config.n_fft)
-    _power_into(source, constants.window, frames, constants.band, magnitude.permute(1, 2, 0))
-    _sqrt_eps_(magnitude, config.eps)
-    return _log_to_items(torch.mm(weight, magnitude.view(weight.shape[1], -1)), size, constants, config)
 
 
 def _log_to_items(mel: Tensor, size: int, constants: _Constants, config: MelConfig) -> Tensor:
@@ -704,18 +696,15 @@ def _spectrogram_inference(batch: Tensor, window: Tensor, config: MelConfig) -> 
     """``(B, T)`` -> magnitude ``(B, n_freqs, frames)`` without autograd (a reused plan on the CPU)."""
     size, length = batch.shape
     out = batch.new_empty(size, config.n_freqs, num_frames(length, config))
-    if batch.device.type == "cpu" and not _compiling():
-        plan = _plans.acquire(config, size, length, batch.dtype)
-        try:
-            _power_into(plan.frame_source(batch, config), window, plan.frames, slice(None), out.transpose(1, 2))
-        finally:
+    reused = batch.device.type == "cpu" and not _compiling()
+    plan = _plans.acquire(config, size, length, batch.dtype) if reused else _Plan(
+        config, size, length, batch.dtype, 0, batch.device
+    )
+    try:
+        _power_into(plan.frame_source(batch, config), window, plan.frames, slice(None), out.transpose(1, 2))
+    finally:
+        if reused:
             plan.lock.release()
-    else:
-        padded_length = _padded_length(length, config)
-        padded = None if padded_length == length else batch.new_empty(size, padded_length)
-        source = _frame_source(batch, config, padded)
-        frames = batch.new_empty(size, out.shape[-1], config.n_fft)
-        _power_into(source, window, frames, slice(None), out.transpose(1, 2))
     return _sqrt_eps_(out, config.eps)
 
 
