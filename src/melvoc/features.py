@@ -315,7 +315,8 @@ class _Plan:
     kernel after the rfft on the rows its thread wrote: the rfft, the power, sqrt, the bags and the
     log all split the work by items. Bins-major splits the power's writes by bins, so each thread
     reads rows the other core wrote; on this project's 2-vCPU VM that doubled the whole call in
-    phases where the two vCPUs do not share a cache (1.06 ms against 0.54 ms items-major).
+    its slow phases, likely when the two vCPUs do not share a cache (1.06 ms against 0.54 ms
+    items-major, measured in the same phase).
     """
 
     def __init__(
