@@ -1,4 +1,4 @@
-"""melvoc.callbacks.MelLossCallback with real Lightning Trainers on CPU."""
+"""melvoc.callbacks: the mel metric, the media and their union MelLossCallback, with real Lightning Trainers on CPU."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset
 
-from melvoc.callbacks import MelLossCallback
+from melvoc.callbacks import MediaCallback, MelL1, MelLossCallback, MelMetricCallback
 from melvoc.features import MelConfig, mel_spectrogram
+from melvoc.loss import MelLoss
 
 SR = 8000
 CONFIG = MelConfig(sampling_rate=SR, n_fft=256, hop_size=64, win_size=256, num_mels=20)
@@ -98,12 +99,17 @@ def _loader(batch_size: int, lengths=LENGTHS) -> DataLoader:
     return DataLoader(Clips(lengths), batch_size=batch_size, collate_fn=collate)
 
 
-def _trainer(tmp_path: Path, callback: MelLossCallback, logger=False, **kwargs) -> pl.Trainer:
+def _split(num_media: int = 4, **media) -> list[pl.Callback]:
+    """The default configuration's pair: the metric and the media as two callbacks."""
+    return [MelMetricCallback(CONFIG), MediaCallback(CONFIG, num_media=num_media, **media)]
+
+
+def _trainer(tmp_path: Path, callbacks, logger=False, **kwargs) -> pl.Trainer:
     kwargs.setdefault("devices", 1)
     return pl.Trainer(
         accelerator="cpu",
         logger=logger,
-        callbacks=[callback],
+        callbacks=callbacks if isinstance(callbacks, list) else [callbacks],
         default_root_dir=tmp_path,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -123,9 +129,9 @@ def _expected(lengths=LENGTHS) -> float:
     return total / count
 
 
-def _validate(tmp_path, mode: str, batch_size: int, num_media: int = 0, **kwargs) -> float:
-    callback = MelLossCallback(CONFIG, num_media=num_media)
-    trainer = _trainer(tmp_path, callback, **kwargs)
+def _validate(tmp_path, mode: str, batch_size: int, num_media: int = 0, legacy: bool = False, **kwargs) -> float:
+    callbacks = MelLossCallback(CONFIG, num_media=num_media) if legacy else _split(num_media)
+    trainer = _trainer(tmp_path, callbacks, **kwargs)
     results = trainer.validate(Vocoder(mode), _loader(batch_size), verbose=False)
     return results[0]["val/mel_l1"]
 
@@ -142,10 +148,32 @@ def test_identity_model_gives_exactly_zero(tmp_path):
     assert _validate(tmp_path, "identity", batch_size=2) == 0.0
 
 
-def test_known_perturbation_matches_features(tmp_path):
+@pytest.mark.parametrize("legacy", [False, True], ids=["split", "MelLossCallback"])
+def test_known_perturbation_matches_features(tmp_path, legacy):
     expected = _expected()
     assert expected > 0.1
-    assert _validate(tmp_path, "perturb", batch_size=5) == pytest.approx(expected, rel=1e-5)
+    assert _validate(tmp_path, "perturb", batch_size=5, legacy=legacy) == pytest.approx(expected, rel=1e-5)
+
+
+def test_metric_is_the_loss_weighted_by_frames():
+    """MelL1 accumulates MelLoss.l1_sum: one batch gives the loss itself, batches weigh by frames."""
+    batches = [collate([Clips()[i] for i in rows]) for rows in ((0, 1), (2, 3, 4))]
+    loss = MelLoss(CONFIG)
+    metric = MelL1(CONFIG)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchmetrics warns of a compute before any update
+        assert metric.compute() is None  # no frames: nothing to log
+    for index, batch in enumerate(batches):
+        metric.update(perturb(batch["audio"]), batch["audio"], batch["lengths"])
+        if index == 0:
+            assert metric.compute().item() == pytest.approx(
+                loss(perturb(batch["audio"]), batch["audio"], batch["lengths"]).item(), rel=1e-6
+            )
+            metric.reset()
+            metric.update(perturb(batch["audio"]), batch["audio"], batch["lengths"])
+    assert metric.sum.dtype == metric.count.dtype == torch.float64
+    assert metric.count.item() == sum(length // CONFIG.hop_size for length in LENGTHS)
+    assert metric.compute().item() == pytest.approx(_expected(), rel=1e-5)
 
 
 def test_padded_batches_equal_unpadded(tmp_path):
@@ -157,7 +185,7 @@ def test_padded_batches_equal_unpadded(tmp_path):
 
 
 def test_test_stage_logs_test_metric(tmp_path):
-    trainer = _trainer(tmp_path, MelLossCallback(CONFIG, num_media=2))
+    trainer = _trainer(tmp_path, _split(num_media=2))
     results = trainer.test(Vocoder("perturb"), _loader(2), verbose=False)
     assert results[0]["test/mel_l1"] == pytest.approx(_expected(), rel=1e-5)
     assert "val/mel_l1" not in results[0]
@@ -165,13 +193,16 @@ def test_test_stage_logs_test_metric(tmp_path):
 
 
 def test_missing_audio_hat_names_hook_and_key(tmp_path):
-    trainer = _trainer(tmp_path, MelLossCallback(CONFIG, num_media=0))
-    expected = r"Vocoder.validation_step must return a dict with key 'audio_hat'.*\['wav'\]"
+    trainer = _trainer(tmp_path, MelMetricCallback(CONFIG))
+    expected = r"MelMetricCallback: Vocoder.validation_step must return a dict with key 'audio_hat'.*\['wav'\]"
     with pytest.raises(ValueError, match=expected):
         trainer.validate(Vocoder("missing"), _loader(2), verbose=False)
-    trainer = _trainer(tmp_path, MelLossCallback(CONFIG, num_media=0))
+    trainer = _trainer(tmp_path, MelMetricCallback(CONFIG))
     with pytest.raises(ValueError, match=r"Vocoder.test_step must return a dict with key 'audio_hat'"):
         trainer.test(Vocoder("missing"), _loader(2), verbose=False)
+    trainer = _trainer(tmp_path, MediaCallback(CONFIG, num_media=1))
+    with pytest.raises(ValueError, match=r"MediaCallback: Vocoder.validation_step must return a dict"):
+        trainer.validate(Vocoder("missing"), _loader(2), verbose=False)
 
 
 def test_media_files_without_logger(tmp_path):
@@ -190,9 +221,14 @@ def test_media_files_without_logger(tmp_path):
         assert abs(reference - _clip(index, LENGTHS[index]).numpy()).max() < 1e-4
 
 
-def test_media_files_with_csv_logger_every_n_epochs(tmp_path):
+@pytest.mark.parametrize("legacy", [False, True], ids=["split", "MelLossCallback"])
+def test_media_files_with_csv_logger_every_n_epochs(tmp_path, legacy):
     logger = CSVLogger(tmp_path, name="run")
-    callback = MelLossCallback(CONFIG, num_media=1, every_n_epochs=2)
+    if legacy:
+        callback = MelLossCallback(CONFIG, num_media=1, every_n_epochs=2)
+        assert isinstance(callback, MelMetricCallback) and isinstance(callback, MediaCallback)
+    else:
+        callback = _split(num_media=1, every_n_epochs=2)
     trainer = _trainer(
         tmp_path,
         callback,
@@ -214,7 +250,7 @@ def test_media_files_with_csv_logger_every_n_epochs(tmp_path):
 
 
 def test_fast_dev_run_writes_no_media(tmp_path):
-    trainer = _trainer(tmp_path, MelLossCallback(CONFIG, num_media=2), fast_dev_run=True)
+    trainer = _trainer(tmp_path, _split(num_media=2), fast_dev_run=True)
     trainer.fit(Vocoder("perturb"), _loader(2), _loader(2))
     assert "val/mel_l1" in trainer.callback_metrics
     assert not (tmp_path / "media").exists()
@@ -273,37 +309,42 @@ def test_media_to_wandb_without_wandb_installed(tmp_path, monkeypatch):
 
 
 def test_media_failure_is_a_warning(tmp_path, monkeypatch):
-    import melvoc.callbacks
+    import melvoc.callbacks.media
 
     def broken(*args, **kwargs):
         raise RuntimeError("no fonts")
 
-    monkeypatch.setattr(melvoc.callbacks, "_render", broken)
-    with pytest.warns(UserWarning, match="could not log media.*no fonts"):
+    monkeypatch.setattr(melvoc.callbacks.media, "_render", broken)
+    with pytest.warns(UserWarning, match="MediaCallback: could not log media.*no fonts"):
         value = _validate(tmp_path, "perturb", batch_size=2, num_media=2)
     assert value == pytest.approx(_expected(), rel=1e-5)
 
 
-def test_hydra_node_instantiates_with_loss_features(compose_cfg):
+def test_hydra_nodes_instantiate_with_loss_features(compose_cfg):
     from hydra.utils import instantiate
 
     cfg = compose_cfg(["features=hifigan_22k"])
-    callback = instantiate(cfg.callbacks.mel_loss)
-    assert isinstance(callback, MelLossCallback)
-    assert callback.config == instantiate(cfg.features).replace(fmax=None)
-    assert callback.num_media >= 1 and callback.every_n_epochs >= 1
+    loss_features = instantiate(cfg.features).replace(fmax=None)
+    metric, media = instantiate(cfg.callbacks.mel_metric), instantiate(cfg.callbacks.media)
+    assert isinstance(metric, MelMetricCallback) and isinstance(media, MediaCallback)
+    assert metric.config == media.config == loss_features
+    assert media.num_media >= 1 and media.every_n_epochs >= 1
+    # The union as it was before the split, for configs that still pick it.
+    legacy = instantiate(compose_cfg(["features=hifigan_22k", "callbacks=[mel_loss]"]).callbacks.mel_loss)
+    assert isinstance(legacy, MelLossCallback) and legacy.config == loss_features
+    assert legacy.num_media == media.num_media and legacy.every_n_epochs == media.every_n_epochs
 
 
-def test_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="every_n_epochs=0"):
-        MelLossCallback(CONFIG, every_n_epochs=0)
-    with pytest.raises(ValueError, match="num_media=-1"):
-        MelLossCallback(CONFIG, num_media=-1)
+@pytest.mark.parametrize("kind", [MediaCallback, MelLossCallback])
+def test_rejects_bad_arguments(kind):
+    with pytest.raises(ValueError, match=f"{kind.__name__}.every_n_epochs=0"):
+        kind(CONFIG, every_n_epochs=0)
+    with pytest.raises(ValueError, match=f"{kind.__name__}.num_media=-1"):
+        kind(CONFIG, num_media=-1)
 
 
 def _ddp_value(tmp_path: Path, devices: int, strategy: str) -> float:
-    callback = MelLossCallback(CONFIG, num_media=2)
-    trainer = _trainer(tmp_path, callback, strategy=strategy, devices=devices)
+    trainer = _trainer(tmp_path, _split(num_media=2), strategy=strategy, devices=devices)
     results = trainer.validate(Vocoder("perturb"), _loader(2), verbose=False)
     return results[0]["val/mel_l1"]
 

@@ -22,16 +22,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from melvoc import training
+from melvoc.callbacks import MediaCallback, MelMetricCallback
 from melvoc.features import MelConfig
-from melvoc.training import (
-    instantiate_callbacks,
-    instantiate_loggers,
-    process_rank,
-    required_keys,
-    resolve_ckpt_path,
-    run_id,
-    validate_config,
-)
+from melvoc.runs import process_rank, run_id
+from melvoc.training import instantiate_group, required_keys, resolve_ckpt_path, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -83,7 +77,8 @@ def features_for_hop(hop: int) -> str:
 def test_groups_have_the_documented_options():
     assert {"cpu", "gpu", "ddp"} <= set(options("trainer"))
     assert {"tensorboard", "csv", "wandb"} <= set(options("logger"))
-    assert {"default", "model_checkpoint", "mel_loss", "progress_bar", "lr_monitor"} <= set(options("callbacks"))
+    expected = {"default", "model_checkpoint", "mel_metric", "media", "mel_loss", "progress_bar", "lr_monitor"}
+    assert expected <= set(options("callbacks"))
     assert {"fdr", "overfit", "limit"} <= set(options("debug"))
     assert {"ljspeech_hifigan_v1", "vctk_44k", "bigvgan_24k"} <= set(options("experiment"))
     assert options("paths") == ["default"] and options("hydra") == ["default"]
@@ -143,13 +138,15 @@ def test_data_options_instantiate(compose_cfg, tmp_path, name):
 @pytest.mark.parametrize("name", options("callbacks"))
 def test_callback_options_instantiate(compose_cfg, tmp_path, name):
     cfg = compose_cfg([f"callbacks={name}", *path_overrides(tmp_path)])
-    callbacks = instantiate_callbacks(cfg.callbacks)
+    callbacks = instantiate_group(cfg.callbacks, "callbacks", Callback)
     assert callbacks and all(isinstance(c, Callback) for c in callbacks)
 
 
 def test_default_callbacks(compose_cfg, tmp_path):
     cfg = compose_cfg(path_overrides(tmp_path))
-    assert set(cfg.callbacks) == {"model_checkpoint", "best_checkpoint", "mel_loss", "progress_bar", "lr_monitor"}
+    assert set(cfg.callbacks) == {
+        "model_checkpoint", "best_checkpoint", "mel_metric", "media", "progress_bar", "lr_monitor"
+    }
     callbacks = {name: instantiate(node) for name, node in cfg.callbacks.items()}
     periodic, best = callbacks["model_checkpoint"], callbacks["best_checkpoint"]
     assert isinstance(periodic, ModelCheckpoint) and periodic.save_last is True
@@ -157,9 +154,12 @@ def test_default_callbacks(compose_cfg, tmp_path):
     assert Path(periodic.dirpath) == tmp_path / "run" / "checkpoints"
     assert best.monitor == "val/mel_l1" and best.mode == "min"
     assert isinstance(callbacks["progress_bar"], TQDMProgressBar)
+    # The mel error and the media are separate callbacks, both on the loss's mels.
+    assert type(callbacks["mel_metric"]) is MelMetricCallback and type(callbacks["media"]) is MediaCallback
+    assert callbacks["mel_metric"].config == callbacks["media"].config == instantiate(cfg.loss_features)
     # A callback can be switched off from the command line.
     cfg = compose_cfg(["callbacks.lr_monitor=null", *path_overrides(tmp_path)])
-    assert len(instantiate_callbacks(cfg.callbacks)) == 4
+    assert len(instantiate_group(cfg.callbacks, "callbacks", Callback)) == 5
 
 
 @pytest.mark.parametrize("name", options("logger"))
@@ -169,15 +169,22 @@ def test_logger_options(compose_cfg, tmp_path, name):
     if name == "wandb":
         pytest.importorskip("wandb")
         cfg.logger.wandb.offline = True
-    (logger,) = instantiate_loggers(cfg.logger)
+    (logger,) = instantiate_group(cfg.logger, "logger", Logger)
     assert isinstance(logger, Logger)
     assert Path(logger.save_dir) == tmp_path / "run"
 
 
 def test_several_loggers_at_once(compose_cfg, tmp_path):
     cfg = compose_cfg(["logger=[tensorboard,csv]", *path_overrides(tmp_path)])
-    assert len(instantiate_loggers(cfg.logger)) == 2
-    assert instantiate_loggers(compose_cfg(["~logger", *path_overrides(tmp_path)]).get("logger")) == []
+    assert len(instantiate_group(cfg.logger, "logger", Logger)) == 2
+    no_logger = compose_cfg(["~logger", *path_overrides(tmp_path)]).get("logger")
+    assert instantiate_group(no_logger, "logger", Logger) == []
+
+
+def test_instantiate_group_names_the_entry_of_the_wrong_kind():
+    nodes = OmegaConf.create({"fine": None, "odd": {"_target_": "builtins.dict"}})
+    with pytest.raises(TypeError, match=r"callbacks\.odd: builtins\.dict is not a lightning Callback"):
+        instantiate_group(nodes, "callbacks", Callback)
 
 
 @pytest.mark.parametrize("name", options("trainer"))

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from melvoc.data.synthetic import SyntheticSpec, make_synthetic_dataset
-from melvoc.training import LAST_CKPT, format_summary, run_id, train
+from melvoc.runs import run_id
+from melvoc.training import LAST_CKPT, format_summary, train
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER_ENV = (

@@ -13,23 +13,20 @@ Order of work in :func:`train`, so that a wrong config fails before any data is 
 3. one full validation pass (the ``val/mel_l1`` baseline), ``trainer.fit``, a final validation
    pass when the last one was not at the last step, a final ``last.ckpt``.
 
-This module also registers the OmegaConf resolvers that ``conf/hydra/default.yaml`` uses to give a
-multi-process run a single run folder (``melvoc.run_id``, ``melvoc.rank_zero_only``,
-``melvoc.rank_suffix``).
+The run folder, the process rank and the ``melvoc.*`` OmegaConf resolvers that
+``conf/hydra/default.yaml`` uses live in :mod:`melvoc.runs`; importing this module registers them.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 from hydra.utils import instantiate
@@ -39,7 +36,12 @@ from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+# Importing melvoc.runs registers the melvoc.* resolvers that train.py's config needs before
+# @hydra.main composes it; process_rank and run_id are re-exported for code that imported them here.
+from melvoc.runs import REQUIRED_MARK, process_rank, run_id
+
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 VAL_METRIC = "val/mel_l1"
 LAST_CKPT = "last.ckpt"
@@ -47,6 +49,7 @@ LAST_CKPT = "last.ckpt"
 __all__ = [
     "TrainingResult",
     "format_summary",
+    "instantiate_group",
     "process_rank",
     "required_keys",
     "resolve_ckpt_path",
@@ -54,100 +57,6 @@ __all__ = [
     "train",
     "validate_config",
 ]
-
-
-# --------------------------------------------------------------------------------------------------
-# Process rank and run folder, from the launcher's environment (before any process group exists)
-# --------------------------------------------------------------------------------------------------
-
-
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    if value is None or value.strip() == "":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return None
-
-
-def process_rank() -> tuple[int, int]:
-    """``(node_rank, rank)`` of this process as its launcher set it, ``(0, 0)`` for a plain run.
-
-    ``rank`` is the global rank where the launcher says it (torchrun: ``RANK``, srun:
-    ``SLURM_PROCID``), otherwise the local rank that Lightning's own DDP launcher sets
-    (``LOCAL_RANK``, with ``NODE_RANK`` for multi-node launches by hand).
-    """
-    node = _env_int("NODE_RANK") or _env_int("GROUP_RANK") or 0
-    for name in ("RANK", "SLURM_PROCID"):
-        rank = _env_int(name)
-        if rank is not None and (name != "SLURM_PROCID" or (_env_int("SLURM_NTASKS") or 1) > 1):
-            return node, rank
-    return node, _env_int("LOCAL_RANK") or 0
-
-
-def _is_rank_zero() -> bool:
-    return process_rank() == (0, 0)
-
-
-@functools.cache
-def run_id() -> str:
-    """The name of this run's folder, the same in every process of one distributed launch.
-
-    ``MELVOC_RUN_ID`` if set; ``slurm-<job id>`` for a multi-task SLURM step; ``torchrun-<rdzv id>``
-    under torchrun; otherwise the start time ``YYYY-MM-DD_HH-MM-SS``. Computed once per process, so
-    every read of ``hydra.run.dir`` agrees.
-    """
-    explicit = os.environ.get("MELVOC_RUN_ID", "").strip()
-    if explicit:
-        return explicit
-    if "SLURM_JOB_ID" in os.environ and (_env_int("SLURM_NTASKS") or 1) > 1:
-        return f"slurm-{os.environ['SLURM_JOB_ID']}"
-    rdzv = os.environ.get("TORCHELASTIC_RUN_ID", "").strip()
-    if rdzv and rdzv != "none":
-        return f"torchrun-{rdzv}"
-    if rdzv == "none":
-        # Static rendezvous without an id: the workers of one node share their torchrun agent.
-        return f"torchrun-{os.uname().nodename}-{os.getppid()}"
-    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-
-
-def _rank_zero_only(value: Any) -> Any:
-    return value if _is_rank_zero() else None
-
-
-def _rank_suffix() -> str:
-    node, rank = process_rank()
-    if (node, rank) == (0, 0):
-        return ""
-    if _env_int("RANK") is None and _env_int("SLURM_PROCID") is None and node:
-        return f"_node{node}_rank{rank}"
-    return f"_rank{rank}"
-
-
-REQUIRED_MARK = "${melvoc.required:"
-
-
-def _required(*, _node_: Any) -> Any:
-    key = _node_._get_full_key(None)
-    raise MissingMandatoryValue(f"Missing required config value: {key}. Give it on the command line: {key}=...")
-
-
-def register_resolvers() -> None:
-    """Register the ``melvoc.*`` resolvers (idempotent).
-
-    ``melvoc.run_id``, ``melvoc.rank_zero_only`` and ``melvoc.rank_suffix`` serve
-    ``conf/hydra/default.yaml``. ``${melvoc.required:}`` marks a value that must be given where
-    ``???`` cannot: a later config's ``???`` does not replace an earlier value when OmegaConf merges
-    (an experiment cannot make ``data.val_filelist``, ``null`` in ``data/filelist.yaml``, required).
-    """
-    OmegaConf.register_new_resolver("melvoc.required", _required, replace=True)
-    OmegaConf.register_new_resolver("melvoc.run_id", run_id, replace=True)
-    OmegaConf.register_new_resolver("melvoc.rank_zero_only", _rank_zero_only, replace=True)
-    OmegaConf.register_new_resolver("melvoc.rank_suffix", _rank_suffix, replace=True)
-
-
-register_resolvers()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -258,34 +167,23 @@ def resolve_ckpt_path(ckpt_path: str | os.PathLike | None, log_dir: str | os.Pat
 # --------------------------------------------------------------------------------------------------
 
 
-def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
-    """Instantiate the ``callbacks`` group (a mapping of ``_target_`` nodes; ``null`` entries skipped)."""
-    if not cfg:
-        return []
-    callbacks = []
-    for name, node in cfg.items():
+def instantiate_group(nodes: Mapping[str, Any] | None, group: str, kind: type[_T]) -> list[_T]:
+    """Instantiate a config group that maps names to ``_target_`` nodes, in order (``null`` entries skipped).
+
+    ``group`` names the group in errors (``callbacks``, ``logger``); every object must be a ``kind``.
+
+    Raises:
+        TypeError: a node built something that is not a ``kind``.
+    """
+    built = []
+    for name, node in (nodes or {}).items():
         if node is None:
             continue
-        callback = instantiate(node)
-        if not isinstance(callback, Callback):
-            raise TypeError(f"callbacks.{name}: {node._target_} is not a lightning Callback")
-        callbacks.append(callback)
-    return callbacks
-
-
-def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
-    """Instantiate the ``logger`` group (a mapping of ``_target_`` nodes; ``null`` entries skipped)."""
-    if not cfg:
-        return []
-    loggers = []
-    for name, node in cfg.items():
-        if node is None:
-            continue
-        logger = instantiate(node)
-        if not isinstance(logger, Logger):
-            raise TypeError(f"logger.{name}: {node._target_} is not a lightning Logger")
-        loggers.append(logger)
-    return loggers
+        value = instantiate(node)
+        if not isinstance(value, kind):
+            raise TypeError(f"{group}.{name}: {node.get('_target_')} is not a lightning {kind.__name__}")
+        built.append(value)
+    return built
 
 
 class _ValidationTracker(Callback):
@@ -368,9 +266,9 @@ def train(cfg: DictConfig) -> TrainingResult:
     model = instantiate(cfg.model)
     log.info("Instantiating data module <%s>", cfg.data._target_)
     datamodule = instantiate(cfg.data)
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks", Callback)
     tracker = _ValidationTracker()
-    loggers = instantiate_loggers(cfg.get("logger"))
+    loggers = instantiate_group(cfg.get("logger"), "logger", Logger)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, tracker], logger=loggers or False)
 
     if loggers and not trainer.fast_dev_run:
