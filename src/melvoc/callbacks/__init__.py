@@ -15,40 +15,26 @@ All of them work with any ``LightningModule`` whose ``validation_step`` / ``test
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Union
+import functools
+from typing import Any
 
 from melvoc.callbacks.media import MediaCallback
 from melvoc.callbacks.mel_metric import MelL1, MelMetricCallback
-from melvoc.features import MelConfig
 
 __all__ = ["MediaCallback", "MelL1", "MelLossCallback", "MelMetricCallback"]
 
 
 class MelLossCallback(MelMetricCallback, MediaCallback):
-    """:class:`MelMetricCallback` and :class:`MediaCallback` in one callback, with the arguments of both.
+    """:class:`MelMetricCallback` and :class:`MediaCallback` in one callback.
 
-    Every hook of either parent passes the call on, so both run. ``conf/callbacks/default.yaml``
-    uses the two callbacks separately (``callbacks.mel_metric``, ``callbacks.media``);
+    Takes :class:`MediaCallback`'s arguments (``config``, ``num_media``, ``every_n_epochs``,
+    ``audio_key``, ``output_key``, ``cmap``); the metric shares ``config`` and the keys. Every hook
+    of either parent passes the call on, so both run. ``conf/callbacks/default.yaml`` uses the two
+    callbacks separately (``callbacks.mel_metric``, ``callbacks.media``);
     ``conf/callbacks/mel_loss.yaml`` still selects this one.
-
-    Args:
-        config: the mel parameters (``${loss_features}``): a ``MelConfig`` or a mapping.
-        num_media: clips to draw and play per media epoch (0 disables media).
-        every_n_epochs: media cadence during ``fit``.
-        audio_key: batch key of the reference audio.
-        output_key: key of the predicted audio in the step's output dict.
-        cmap: matplotlib colormap of the mel panels.
     """
 
-    def __init__(
-        self,
-        config: Union[MelConfig, Mapping[str, Any]],
-        num_media: int = 4,
-        every_n_epochs: int = 1,
-        audio_key: str = "audio",
-        output_key: str = "audio_hat",
-        cmap: str = "magma",
-    ) -> None:
-        MediaCallback.__init__(self, config, num_media, every_n_epochs, audio_key, output_key, cmap)
-        MelMetricCallback.__init__(self, config, audio_key, output_key)
+    @functools.wraps(MediaCallback.__init__, assigned=("__annotations__",))
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        MediaCallback.__init__(self, *args, **kwargs)
+        MelMetricCallback.__init__(self, self.config, self.audio_key, self.output_key)
