@@ -1,4 +1,4 @@
-"""melvoc.callbacks: the mel metric, the media and their union MelLossCallback, with real Lightning Trainers on CPU."""
+"""melvoc.callbacks: the mel metric, the media and their union MelLossCallback, with real Lightning Trainers."""
 
 from __future__ import annotations
 
@@ -341,6 +341,27 @@ def test_rejects_bad_arguments(kind):
         kind(CONFIG, every_n_epochs=0)
     with pytest.raises(ValueError, match=f"{kind.__name__}.num_media=-1"):
         kind(CONFIG, num_media=-1)
+
+
+def test_repeated_last_clip_finds_the_distributed_sampler_repeat():
+    """5 clips on 2 ranks: rank 1's last clip repeats clip 0; only there, in the last batch, is it found."""
+    import types
+
+    from torch.utils.data import DistributedSampler
+
+    from melvoc.callbacks.batches import repeated_last_clip
+
+    def found(rank: int, batch_idx: int, **loader_args) -> bool:
+        sampler = DistributedSampler(Clips(), num_replicas=2, rank=rank, shuffle=False)
+        loader = DataLoader(Clips(), sampler=sampler, batch_size=2, collate_fn=collate, **loader_args)
+        trainer = types.SimpleNamespace(world_size=2, val_dataloaders=loader, num_val_batches=[len(loader)])
+        return repeated_last_clip(trainer, "val", batch_idx, 0)
+
+    assert [found(1, index) for index in range(2)] == [False, True]
+    assert [found(0, index) for index in range(2)] == [False, False]
+    # A batch sampler that is not the plain one over the sampler: the repeat cannot be placed.
+    with pytest.warns(UserWarning, match="custom batch sampler.*1 repeated clip"):
+        assert found(1, 0, drop_last=True) is False
 
 
 def _ddp_value(tmp_path: Path, devices: int, strategy: str) -> float:
