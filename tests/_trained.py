@@ -159,8 +159,6 @@ def _one_thread():
 
 def legacy_checkpoint(checkpoint: Path, out: Path) -> Path:
     """``checkpoint`` (of a HiFi-GAN ``GANVocoder`` with mpd + msd) in the layout main at f0f84fd wrote."""
-    from melvoc.models.discriminators import MPD_CHANNELS, MSD_CHANNELS
-
     data = torch.load(checkpoint, map_location="cpu", weights_only=True)
     hp = data["hyper_parameters"]
     mpd, msd = hp["discriminators"]["mpd"], hp["discriminators"]["msd"]
@@ -169,8 +167,8 @@ def legacy_checkpoint(checkpoint: Path, out: Path) -> Path:
         "loss_features": hp["loss_features"],
         "generator": {k: v for k, v in hp["generator"].items() if k not in ("_target_", "num_mels")},
         "discriminator": {
-            "mpd": {"periods": mpd.get("periods", [2, 3, 5, 7, 11]), "channels": mpd.get("channels", list(MPD_CHANNELS))},
-            "msd": {"scales": msd.get("scales", 3), "channels": msd.get("channels", list(MSD_CHANNELS))},
+            "mpd": {"periods": mpd["periods"], "channels": mpd["channels"]},
+            "msd": {"scales": msd["scales"], "channels": msd["channels"]},
         },
         "optimizer": {k: v for k, v in hp["optimizer_g"].items() if not k.startswith("_")},
         "lr_decay": hp["scheduler_g"]["gamma"],

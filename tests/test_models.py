@@ -8,6 +8,7 @@ import os
 
 import hydra
 import lightning as L
+from hydra.utils import instantiate
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -16,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from melvoc.features import MelConfig, MelSpectrogram
+from melvoc.inference import load_generator
 from melvoc.models import (
     GANVocoder,
     HiFiGANGenerator,
@@ -25,7 +27,8 @@ from melvoc.models import (
     feature_matching_loss,
     generator_loss,
 )
-from tests._trained import legacy_checkpoint
+from melvoc.training import train
+from tests._trained import TINY_RUN, _one_thread, legacy_checkpoint, run  # noqa: F401 (fixtures)
 from tests.conftest import compose_config
 
 # The demo preset made smaller still: V3's layout at 32 channels, narrow discriminators.
@@ -532,3 +535,74 @@ def test_ddp_without_find_unused_parameters_fails_at_setup(tmp_path):
             torch.distributed.destroy_process_group()
         os.environ.clear()
         os.environ.update(environ)
+
+
+# ------------------------------------------------------------------ training runs from config alone
+
+
+def _run_overrides(root, *overrides: str) -> list[str]:
+    """The tiny demo run of tests/_trained.py with ``overrides`` (a ``model=`` one replaces its preset)."""
+    base = [o for o in TINY_RUN if not (o.startswith("model=") and any(x.startswith("model=") for x in overrides))]
+    return [*base, *overrides, f"paths.root_dir={root}", f"paths.output_dir={root / 'run'}"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param([], id="hifigan_tiny-mpd+msd-lsgan-epoch"),
+        # A second set from overrides of the real config only: another generator layout, the MPD
+        # alone with two periods, hinge loss, schedulers stepped per generator update.
+        pytest.param(
+            [
+                "model=hifigan_v2",
+                "model.generator.upsample_initial_channel=32",
+                "model.discriminators.msd=null",
+                "model.discriminators.mpd.periods=[2,3]",
+                "model.discriminators.mpd.channels=[4,8,16,16,16]",
+                "model.adversarial_loss=hinge",
+                "model.scheduler_g.gamma=0.9",
+                "model.scheduler_interval=step",
+                "model.grad_clip_d=10.0",
+            ],
+            id="hifigan_v2-mpd-hinge-step",
+        ),
+    ],
+)
+def test_two_model_sets_train_from_config_alone(tmp_path, overrides):
+    cfg = compose_config(_run_overrides(tmp_path, *overrides))
+    result = train(cfg)
+    assert result.global_step == 2 and result.final_val_mel_l1 is not None
+    assert math.isfinite(result.final_val_mel_l1)
+    state = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
+    hp = state["hyper_parameters"]
+    assert hp["generator"]["upsample_initial_channel"] == cfg.model.generator.upsample_initial_channel
+    names = sorted(name for name, node in hp["discriminators"].items() if node is not None)
+    assert names == sorted(name for name, node in cfg.model.discriminators.items() if node is not None)
+    assert {k.split(".")[1] for k in state["state_dict"] if k.startswith("discriminators.")} == set(names)
+    assert hp["adversarial_loss"] == cfg.model.adversarial_loss
+    # Two training clips at batch 1: the two steps are the first epoch, which ends with one decay.
+    decays = 2 if cfg.model.scheduler_interval == "step" else 1
+    assert [s["last_epoch"] for s in state["lr_schedulers"]] == [decays, decays]
+    for optimizer_state in state["optimizer_states"]:
+        assert optimizer_state["param_groups"][0]["lr"] == pytest.approx(2e-4 * cfg.model.scheduler_g.gamma**decays)
+    generator = load_generator(result.last_checkpoint)
+    with torch.no_grad():
+        assert generator(torch.zeros(1, 80, 3)).shape == (1, 1, 3 * 256)
+
+
+def test_val_mel_l1_does_not_depend_on_the_validation_batch_size(run, tmp_path):
+    """Four validation clips of different lengths, one per batch and three per batch: the same val/mel_l1."""
+    values = {}
+    for batch_size in (1, 3):
+        cfg = compose_config(_run_overrides(tmp_path, "data.synthetic.num_val=4", f"data.val_batch_size={batch_size}"))
+        callbacks = [instantiate(node) for node in cfg.callbacks.values() if node is not None]
+        trainer = L.Trainer(
+            accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[c for c in callbacks if not isinstance(c, ModelCheckpoint)],
+        )
+        model = GANVocoder.load_from_checkpoint(run.checkpoint, map_location="cpu")
+        datamodule = instantiate(cfg.data)
+        values[batch_size] = trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/mel_l1"]
+        frames = [datamodule.val_dataset.lengths[i] // 256 for i in range(4)]
+        assert len(set(frames[:3])) > 1, "clips of different lengths, so the batch of three pads"
+    assert values[3] == pytest.approx(values[1], rel=1e-5)

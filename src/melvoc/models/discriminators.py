@@ -3,7 +3,7 @@
 Both map audio ``(B, 1, T)`` (or ``(B, T)``) to :data:`~melvoc.models.base.DiscriminatorOutput`:
 one logits tensor ``(B, N_i)`` per sub-discriminator and, per sub-discriminator, the list of its
 feature maps (every intermediate activation, for the feature-matching loss). Channel widths are
-configurable so that a small preset trains on a CPU; the defaults are the published widths.
+configurable so that a small preset trains on a CPU; the published layout is ``conf/model/hifigan_v1.yaml``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from melvoc.models.hifigan import LRELU_SLOPE, get_padding
 
 __all__ = ["DiscriminatorP", "DiscriminatorS", "MultiPeriodDiscriminator", "MultiScaleDiscriminator"]
 
-MPD_CHANNELS = (32, 128, 512, 1024, 1024)
-MSD_CHANNELS = (128, 128, 256, 512, 1024, 1024, 1024)
 # The published MSD layers: (kernel, stride, groups); groups are reduced to divide narrower channels.
 _MSD_LAYERS = ((15, 1, 1), (41, 2, 4), (41, 2, 16), (41, 4, 16), (41, 4, 16), (41, 1, 16), (5, 1, 1))
 
@@ -51,7 +49,7 @@ class DiscriminatorP(nn.Module):
     def __init__(
         self,
         period: int,
-        channels: Sequence[int] = MPD_CHANNELS,
+        channels: Sequence[int],
         kernel_size: int = 5,
         stride: int = 3,
         use_spectral_norm: bool = False,
@@ -88,7 +86,7 @@ class DiscriminatorP(nn.Module):
 class MultiPeriodDiscriminator(nn.Module):
     """One :class:`DiscriminatorP` per period (HiFi-GAN: 2, 3, 5, 7, 11)."""
 
-    def __init__(self, periods: Sequence[int] = (2, 3, 5, 7, 11), channels: Sequence[int] = MPD_CHANNELS) -> None:
+    def __init__(self, periods: Sequence[int], channels: Sequence[int]) -> None:
         super().__init__()
         if not periods:
             raise ValueError("MPD periods is empty: give at least one period (HiFi-GAN uses 2, 3, 5, 7, 11)")
@@ -106,7 +104,7 @@ class MultiPeriodDiscriminator(nn.Module):
 class DiscriminatorS(nn.Module):
     """Scale discriminator: grouped strided 1-D convs over raw (or average-pooled) audio."""
 
-    def __init__(self, channels: Sequence[int] = MSD_CHANNELS, use_spectral_norm: bool = False) -> None:
+    def __init__(self, channels: Sequence[int], use_spectral_norm: bool = False) -> None:
         super().__init__()
         if len(channels) != len(_MSD_LAYERS):
             raise ValueError(f"MSD channels {list(channels)}: need exactly {len(_MSD_LAYERS)} values")
@@ -127,7 +125,7 @@ class DiscriminatorS(nn.Module):
 class MultiScaleDiscriminator(nn.Module):
     """``scales`` :class:`DiscriminatorS` on audio average-pooled by 1, 2, 4, ...; the first uses spectral norm."""
 
-    def __init__(self, scales: int = 3, channels: Sequence[int] = MSD_CHANNELS) -> None:
+    def __init__(self, scales: int, channels: Sequence[int]) -> None:
         super().__init__()
         if scales < 1:
             raise ValueError(f"MSD scales {scales}: must be >= 1 (or drop the MSD with model.discriminators.msd=null)")
