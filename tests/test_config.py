@@ -123,7 +123,7 @@ def test_model_presets_instantiate_with_matching_features(compose_cfg, tmp_path,
 
 def test_model_hop_mismatch_is_a_clear_error(compose_cfg, tmp_path):
     cfg = compose_cfg(["model=hifigan_v1", "features=sovits_44k", *path_overrides(tmp_path)])
-    with pytest.raises(InstantiationException, match=r"makes 256 samples per frame, which does not match features.hop_size = 512"):
+    with pytest.raises(InstantiationException, match=r"makes 256 samples per frame, which does not match .* = 512"):
         instantiate(cfg.model)
 
 
@@ -204,7 +204,7 @@ def test_ddp_trainer_takes_devices_and_nodes(compose_cfg, tmp_path):
     assert isinstance(trainer.strategy, DDPStrategy)
     assert trainer.num_devices == 2 and trainer.num_nodes == 1
     assert trainer.strategy._get_process_group_backend() == "gloo"
-    assert trainer.strategy._ddp_kwargs.get("find_unused_parameters") is True, "HiFiGAN's two backward passes"
+    assert trainer.strategy._ddp_kwargs.get("find_unused_parameters") is True, "GANVocoder's two backward passes"
 
 
 @pytest.mark.parametrize("name", options("debug"))

@@ -267,8 +267,9 @@ class _MelRecorder(L.LightningModule):
             self.after[name] = batch["mel"][row, :, n // 256 :].clone()
 
 
-@pytest.mark.parametrize("features", [MelConfig(SR, 1024, 256, 1024, 80), MelConfig(SR, 1024, 256, 1024, 80, center=True)])
-def test_validation_mels_are_those_of_each_clip_alone(tmp_path, features):
+@pytest.mark.parametrize("center", [False, True])
+def test_validation_mels_are_those_of_each_clip_alone(tmp_path, center):
+    features = MelConfig(SR, 1024, 256, 1024, 80, center=center)
     val = make_corpus(tmp_path, 4, seconds=(0.3, 1.2), seed=2)
     dm = VocoderDataModule(features, val_filelist=str(val), val_batch_size=4)
     recorder = _MelRecorder()

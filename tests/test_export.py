@@ -177,7 +177,8 @@ def test_files_of_the_hifigan_module_still_load(run, exported, tmp_path):
             generator = load_generator(path)
             assert isinstance(generator, HiFiGANGenerator) and generator.config == run.features
             assert torch.equal(generator(mel), expected), path.name
-    assert read_checkpoint(old_checkpoint).discriminator_state.keys() == read_checkpoint(run.checkpoint).discriminator_state.keys()
+    old_keys = read_checkpoint(old_checkpoint).discriminator_state.keys()
+    assert old_keys == read_checkpoint(run.checkpoint).discriminator_state.keys()
     # re-exporting an old file writes the current format, with the generator's _target_
     again = torch.load(export_generator(old_checkpoint, tmp_path / "again.pt"), weights_only=True)
     assert again["format_version"] == EXPORT_FORMAT_VERSION == 2

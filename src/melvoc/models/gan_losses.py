@@ -16,7 +16,13 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = ["ADVERSARIAL_LOSSES", "check_adversarial_loss", "discriminator_loss", "feature_matching_loss", "generator_loss"]
+__all__ = [
+    "ADVERSARIAL_LOSSES",
+    "check_adversarial_loss",
+    "discriminator_loss",
+    "feature_matching_loss",
+    "generator_loss",
+]
 
 #: The adversarial loss kinds (``model.adversarial_loss``).
 ADVERSARIAL_LOSSES = ("lsgan", "hinge")

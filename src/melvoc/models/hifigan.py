@@ -41,12 +41,13 @@ def get_padding(kernel_size: int, dilation: int = 1) -> int:
 def _init_weights(module: nn.Module, std: float = 0.01) -> None:
     # The official init_weights, applied as there: after weight_norm. It does NOT give N(0, std)
     # weights. Under weight norm ``module.weight`` is derived from the parameters g and v (here a
-    # parametrisation computed on access, in the official code a tensor recomputed by a pre-forward
-    # hook), so normal_ fills a temporary that is thrown away and g and v are untouched. The convs
-    # therefore keep PyTorch's default init, v ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (Kaiming-uniform,
-    # a = sqrt(5)), with g = ||v|| per slice along dim 0 (output channels of a Conv1d, input channels of a
-    # ConvTranspose1d) as weight_norm sets it when applied, so the weight equals that default. The call still draws from the RNG, as the official code does;
-    # the published models were trained with this init, so it stays.
+    # parametrisation computed on access; in the official code a tensor that a pre-forward hook
+    # recomputes), so normal_ fills a temporary that is thrown away, and g and v are untouched. The
+    # convs keep PyTorch's default init: v ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (Kaiming-uniform,
+    # a = sqrt(5)) and g = ||v|| per slice along dim 0 (output channels of a Conv1d, input channels
+    # of a ConvTranspose1d), as weight_norm sets g when applied, so the weight equals that default.
+    # The published models were trained with this init, so it stays, and so does the call: it
+    # still draws from the RNG, as the official code does.
     if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
         module.weight.data.normal_(0.0, std)
 

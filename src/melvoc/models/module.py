@@ -383,8 +383,9 @@ class GANVocoder(L.LightningModule):
         return [opt_g, opt_d], schedulers
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Checkpoints of the earlier HiFiGAN module kept MPD and MSD under one `discriminator` module; their parameters are those of `discriminators.mpd` / `.msd`, in
-        # the same order, so the discriminator optimizer's state fits as it is.
+        # Checkpoints of the earlier HiFiGAN module kept MPD and MSD under one `discriminator` module;
+        # their parameters are those of `discriminators.mpd` / `.msd`, in the same order, so the
+        # discriminator optimizer's state fits as it is.
         state = checkpoint.get("state_dict", {})
         legacy = [k for k in state if k.startswith(_LEGACY_DISCRIMINATOR_PREFIX)]
         for key in legacy:
