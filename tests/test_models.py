@@ -14,12 +14,14 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from melvoc.features import MelConfig, MelSpectrogram
 from melvoc.inference import load_generator
 from melvoc.models import (
     GANVocoder,
+    VocoderGenerator,
     HiFiGANGenerator,
     MultiPeriodDiscriminator,
     MultiScaleDiscriminator,
@@ -606,3 +608,75 @@ def test_val_mel_l1_does_not_depend_on_the_validation_batch_size(run, tmp_path):
         frames = [datamodule.val_dataset.lengths[i] // 256 for i in range(4)]
         assert len(set(frames[:3])) > 1, "clips of different lengths, so the batch of three pads"
     assert values[3] == pytest.approx(values[1], rel=1e-5)
+
+
+
+# ----------------------------------------------------------------- a new family: a class and a YAML file
+
+
+class FrameRepeatGenerator(VocoderGenerator):
+    """A family in a dozen lines (the README's worked example): a conv over the mels, then one
+    transposed conv that turns every frame into ``hop_size`` samples. ``(B, num_mels, F) -> (B, 1, F * hop)``."""
+
+    def __init__(self, num_mels: int, hop_size: int, channels: int) -> None:
+        super().__init__()
+        self.num_mels = num_mels
+        self._hop_size = hop_size
+        self.conv = nn.Conv1d(num_mels, channels, 3, padding=1)
+        self.up = nn.ConvTranspose1d(channels, 1, 2 * hop_size, stride=hop_size, padding=hop_size // 2)
+
+    @property
+    def hop_size(self) -> int:
+        return self._hop_size
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.up(F.leaky_relu(self.conv(mel), 0.1)))
+
+
+FAMILY_YAML = f"""\
+_target_: melvoc.models.GANVocoder
+_recursive_: false
+features: ${{features}}
+loss_features: ${{loss_features}}
+generator:
+  _target_: {__name__}.FrameRepeatGenerator
+  num_mels: ${{features.num_mels}}
+  hop_size: ${{features.hop_size}}
+  channels: 32
+discriminators:
+  mpd:
+    _target_: melvoc.models.discriminators.MultiPeriodDiscriminator
+    periods: [2, 3, 5]
+    channels: [4, 8, 16, 16, 16]
+adversarial_loss: hinge
+lambda_adv: 1.0
+lambda_fm: 2.0
+lambda_mel: 45.0
+mel_loss:
+  _target_: melvoc.loss.MelLoss
+  config: ${{loss_features}}
+optimizer_g:
+  _target_: torch.optim.AdamW
+  _partial_: true
+  lr: 2.0e-4
+  betas: [0.8, 0.99]
+optimizer_d: ${{.optimizer_g}}
+scheduler_g: null
+scheduler_d: null
+scheduler_interval: step
+grad_clip_g: 100.0
+grad_clip_d: null
+"""
+
+
+def test_a_new_family_is_a_generator_class_and_a_yaml_file(tmp_path):
+    conf = tmp_path / "conf"
+    (conf / "model").mkdir(parents=True)
+    (conf / "model" / "frame_repeat.yaml").write_text(FAMILY_YAML)
+    overrides = _run_overrides(tmp_path, "model=frame_repeat", f"hydra.searchpath=[file://{conf}]")
+    result = train(compose_config(overrides))
+    assert result.global_step == 2 and math.isfinite(result.final_val_mel_l1)
+    generator = load_generator(result.last_checkpoint)
+    assert type(generator) is FrameRepeatGenerator and generator.config == FEATURES
+    with torch.no_grad():
+        assert generator(torch.zeros(1, 80, 3)).shape == (1, 1, 3 * 256)
