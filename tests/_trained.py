@@ -1,5 +1,6 @@
 """A tiny HiFi-GAN trained for two steps with the real config, shared by the synthesis, export and
-fine-tuning tests (trained once per test session, on demand)."""
+fine-tuning tests (trained once per test session, on demand); and the files the code before the
+generic GANVocoder (main at f0f84fd) wrote, rebuilt from it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 
 from melvoc.features import MelConfig
-from melvoc.models import HiFiGAN
+from melvoc.models import GANVocoder
 from melvoc.training import train
 from tests.conftest import compose_config
 
@@ -101,7 +102,7 @@ def trained_run(tmp_path_factory) -> TrainedRun:
         cfg = compose_config(run_overrides(root))
         result = train(cfg)
         assert result.global_step == 2 and result.last_checkpoint is not None
-        model = HiFiGAN.load_from_checkpoint(result.last_checkpoint, map_location="cpu")
+        model = GANVocoder.load_from_checkpoint(result.last_checkpoint, map_location="cpu")
         datamodule = instantiate(cfg.data)
         capture = _CaptureValidation()
         trainer = L.Trainer(
@@ -146,3 +147,50 @@ def exported(run: TrainedRun, tmp_path_factory) -> Path:
 def _one_thread():
     with one_thread():
         yield
+
+
+# ------------------------------------------------------------------------ files of the code before
+# main at f0f84fd trained a `melvoc.models.HiFiGAN` module: its checkpoints hold the HiFi-GAN generator's
+# arguments without `_target_` or num_mels, one `discriminator` entry {mpd, msd} with their arguments,
+# one `optimizer` for both networks and an epoch `lr_decay`; its state keys are `discriminator.mpd.*` /
+# `discriminator.msd.*`. Its exports are format_version 1 with the generator's arguments (num_mels
+# included) and no `_target_`.
+
+
+def legacy_checkpoint(checkpoint: Path, out: Path) -> Path:
+    """``checkpoint`` (of a HiFi-GAN ``GANVocoder`` with mpd + msd) in the layout main at f0f84fd wrote."""
+    data = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    hp = data["hyper_parameters"]
+    mpd, msd = hp["discriminators"]["mpd"], hp["discriminators"]["msd"]
+    data["hyper_parameters"] = {
+        "features": hp["features"],
+        "loss_features": hp["loss_features"],
+        "generator": {k: v for k, v in hp["generator"].items() if k not in ("_target_", "num_mels")},
+        "discriminator": {
+            "mpd": {"periods": mpd["periods"], "channels": mpd["channels"]},
+            "msd": {"scales": msd["scales"], "channels": msd["channels"]},
+        },
+        "optimizer": {k: v for k, v in hp["optimizer_g"].items() if not k.startswith("_")},
+        "lr_decay": hp["scheduler_g"]["gamma"],
+        "lambda_mel": hp["lambda_mel"],
+        "lambda_fm": hp["lambda_fm"],
+        "lambda_adv": hp["lambda_adv"],
+        "mel_loss": "mel",
+        "mel_loss_kwargs": {},
+        "grad_clip": None,
+    }
+    data["state_dict"] = {
+        ("discriminator." + k[len("discriminators."):] if k.startswith("discriminators.") else k): v
+        for k, v in data["state_dict"].items()
+    }
+    assert any(k.startswith("discriminator.mpd.") for k in data["state_dict"])
+    torch.save(data, out)
+    return out
+
+
+def legacy_export(exported: Path, out: Path) -> Path:
+    """An export (format 2) as format_version 1 of main at f0f84fd."""
+    data = torch.load(exported, map_location="cpu", weights_only=True)
+    generator = {k: v for k, v in data["generator"].items() if k != "_target_"}
+    torch.save({**data, "format_version": 1, "architecture": "hifigan", "generator": generator}, out)
+    return out

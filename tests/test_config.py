@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import subprocess
@@ -59,7 +58,8 @@ def path_overrides(tmp_path: Path) -> list[str]:
 
 
 def hop_of(model_cfg) -> int:
-    return math.prod(model_cfg.generator.upsample_rates)
+    """The hop of a model preset's generator, built from its node alone."""
+    return instantiate(model_cfg.generator).hop_size
 
 
 def features_for_hop(hop: int) -> str:
@@ -87,7 +87,8 @@ def test_groups_have_the_documented_options():
 def test_default_config_is_the_demo(compose_cfg, tmp_path):
     cfg = compose_cfg(path_overrides(tmp_path))
     validate_config(cfg)
-    assert cfg.model._target_ == "melvoc.models.HiFiGAN"
+    assert cfg.model._target_ == "melvoc.models.GANVocoder"
+    assert cfg.model.generator._target_ == "melvoc.models.hifigan.HiFiGANGenerator"
     assert cfg.data.synthetic is not None, "the default data must be the built-in synthetic set"
     assert cfg.trainer.accelerator == "cpu" and cfg.trainer.max_steps > 0
     assert cfg.seed is not None and cfg.ckpt_path is None and cfg.validate_before_fit
@@ -117,7 +118,7 @@ def test_model_presets_instantiate_with_matching_features(compose_cfg, tmp_path,
 
 def test_model_hop_mismatch_is_a_clear_error(compose_cfg, tmp_path):
     cfg = compose_cfg(["model=hifigan_v1", "features=sovits_44k", *path_overrides(tmp_path)])
-    with pytest.raises(InstantiationException, match=r"8 x 8 x 2 x 2 = 256 does not match features.hop_size = 512"):
+    with pytest.raises(InstantiationException, match=r"makes 256 samples per frame, which does not match .* = 512"):
         instantiate(cfg.model)
 
 
@@ -210,7 +211,7 @@ def test_ddp_trainer_takes_devices_and_nodes(compose_cfg, tmp_path):
     assert isinstance(trainer.strategy, DDPStrategy)
     assert trainer.num_devices == 2 and trainer.num_nodes == 1
     assert trainer.strategy._get_process_group_backend() == "gloo"
-    assert trainer.strategy._ddp_kwargs.get("find_unused_parameters") is True, "HiFiGAN's two backward passes"
+    assert trainer.strategy._ddp_kwargs.get("find_unused_parameters") is True, "GANVocoder's two backward passes"
 
 
 @pytest.mark.parametrize("name", options("debug"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import logging
 from pathlib import Path
 
@@ -250,3 +251,33 @@ def test_check_cli_summarises_and_fails_on_unusable_files(tmp_path, capsys):
     assert "files                 8 (6 usable, 2 unusable)" in text and "unusable files (2):" in text
     assert f"{folder / 'nan.wav'}: 1 NaN/inf sample(s)" in text and f"{folder / 'broken.wav'}: unreadable audio" in text
     assert check_main([str(folder / 'good.wav').replace("good.wav", "none.txt")]) == 2
+
+
+class _MelRecorder(L.LightningModule):
+    """Keeps each validation clip's lengths // hop frames of ``batch["mel"]`` and the frames after them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.own: dict[str, torch.Tensor] = {}
+        self.after: dict[str, torch.Tensor] = {}
+
+    def validation_step(self, batch, batch_idx):
+        for row, (name, n) in enumerate(zip(batch["names"], batch["lengths"].tolist())):
+            self.own[name] = batch["mel"][row, :, : n // 256].clone()
+            self.after[name] = batch["mel"][row, :, n // 256 :].clone()
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_validation_mels_are_those_of_each_clip_alone(tmp_path, center):
+    features = MelConfig(SR, 1024, 256, 1024, 80, center=center)
+    val = make_corpus(tmp_path, 4, seconds=(0.3, 1.2), seed=2)
+    dm = VocoderDataModule(features, val_filelist=str(val), val_batch_size=4)
+    recorder = _MelRecorder()
+    _trainer().validate(recorder, datamodule=dm, verbose=False)
+    mel = MelSpectrogram(features)
+    assert len({int(m.shape[-1]) for m in recorder.own.values()}) > 1, "clips of different lengths"
+    for i, name in enumerate(sorted(recorder.own)):
+        audio = dm.val_dataset[i]["audio"]
+        alone = mel(audio.unsqueeze(0))[0, :, : audio.shape[-1] // 256]
+        torch.testing.assert_close(recorder.own[name], alone, rtol=1e-5, atol=1e-5)
+        assert (recorder.after[name] == math.log(1e-5)).all()  # the log-mel of silence after the clip

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
 import melvoc
 from melvoc.export import export_generator, main
 from melvoc.features import MelConfig
 from melvoc.inference import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, CheckpointError, load_generator, read_checkpoint
-from melvoc.models import Generator, HiFiGAN
-from tests._trained import TrainedRun, _one_thread, exported, run  # noqa: F401 (fixtures)
+from melvoc.models import GANVocoder, HiFiGANGenerator
+from tests._trained import TrainedRun, _one_thread, exported, legacy_checkpoint, legacy_export, run  # noqa: F401
 
 
 def _mels(run: TrainedRun) -> torch.Tensor:
@@ -25,11 +26,11 @@ def _mels(run: TrainedRun) -> torch.Tensor:
 
 
 def test_export_then_load_generator_is_identical_to_the_checkpoints_generator(run, exported):
-    module = HiFiGAN.load_from_checkpoint(run.checkpoint, map_location="cpu").eval()
+    module = GANVocoder.load_from_checkpoint(run.checkpoint, map_location="cpu").eval()
     with_weight_norm = module.generator
     # A second load, not a deepcopy: copies of a parametrised module share its class, and removing the
     # parametrisation from one breaks the other.
-    without = HiFiGAN.load_from_checkpoint(run.checkpoint, map_location="cpu").eval().generator.remove_weight_norm()
+    without = GANVocoder.load_from_checkpoint(run.checkpoint, map_location="cpu").eval().generator.remove_weight_norm()
     loaded = melvoc.load_generator(exported)
     mel = _mels(run)
     with torch.inference_mode():
@@ -43,7 +44,7 @@ def test_export_then_load_generator_is_identical_to_the_checkpoints_generator(ru
     torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-6)
     # Not vacuous: the trained generator is far from silence and from a fresh one.
     assert got.abs().max() > 1e-3
-    fresh = Generator(num_mels=80, **module.hparams.generator).remove_weight_norm()
+    fresh = instantiate(module.hparams.generator).remove_weight_norm()
     with torch.inference_mode():
         assert not torch.allclose(fresh(mel), got)
 
@@ -53,7 +54,9 @@ def test_exported_file_is_generator_only_with_features_and_hyper_parameters(run,
     ckpt = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
     assert data["format"] == EXPORT_FORMAT and data["format_version"] == EXPORT_FORMAT_VERSION
     assert data["features"] == ckpt["hyper_parameters"]["features"]
-    assert data["generator"] == {**ckpt["hyper_parameters"]["generator"], "num_mels": 80}
+    assert data["generator"] == ckpt["hyper_parameters"]["generator"]
+    assert data["generator"]["_target_"] == "melvoc.models.hifigan.HiFiGANGenerator"
+    assert data["generator"]["num_mels"] == 80
     assert data["weight_norm"] is False
     assert data["source"]["global_step"] == ckpt["global_step"] == 2
     assert not {"optimizer_states", "lr_schedulers", "loops", "callbacks", "discriminator"} & set(data)
@@ -66,7 +69,7 @@ def test_exported_file_is_generator_only_with_features_and_hyper_parameters(run,
 
 def test_load_generator_returns_an_eval_generator_with_its_mel_config(run, exported):
     generator = load_generator(exported, map_location="cpu")
-    assert isinstance(generator, Generator) and not generator.training
+    assert isinstance(generator, HiFiGANGenerator) and not generator.training
     assert generator.config == run.features and isinstance(generator.config, MelConfig)
     assert all(p.device.type == "cpu" for p in generator.parameters())
     assert not any("parametrizations" in k for k in generator.state_dict())
@@ -90,7 +93,7 @@ def test_import_melvoc_does_not_import_lightning():
 def test_export_cli(run, exported, tmp_path, capsys):
     out = tmp_path / "gen.pt"
     assert main([str(run.checkpoint), str(out)]) == 0
-    assert "0.12 M parameters" in capsys.readouterr().out
+    assert "HiFiGANGenerator, 0.12 M parameters" in capsys.readouterr().out
     torch.testing.assert_close(
         torch.load(out, weights_only=True)["state_dict"], torch.load(exported, weights_only=True)["state_dict"],
         rtol=0, atol=0,
@@ -116,12 +119,12 @@ def test_unusable_files_are_clear_errors(run, exported, tmp_path):
     newer = tmp_path / "newer.pt"
     data = torch.load(exported, weights_only=True)
     torch.save({**data, "format_version": EXPORT_FORMAT_VERSION + 1}, newer)
-    with pytest.raises(CheckpointError, match=r"newer\.pt: export format version 2.*upgrade melvoc"):
+    with pytest.raises(CheckpointError, match=r"newer\.pt: export format version 3.*upgrade melvoc"):
         load_generator(newer)
 
     lightning_like = tmp_path / "other_module.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"lr": 1.0}}, lightning_like)
-    with pytest.raises(CheckpointError, match="not written by melvoc's HiFiGAN module"):
+    with pytest.raises(CheckpointError, match="not written by melvoc's GANVocoder module"):
         read_checkpoint(lightning_like)
 
     truncated = tmp_path / "truncated.ckpt"
@@ -138,3 +141,45 @@ def test_unusable_files_are_clear_errors(run, exported, tmp_path):
 
     with pytest.raises(CheckpointError, match="is a folder"):
         load_generator(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [
+        ("os.system", "not a melvoc VocoderGenerator subclass"),
+        ("torch.nn.Identity", "not a melvoc VocoderGenerator subclass"),
+        ("melvoc.models.GANVocoder", "not a melvoc VocoderGenerator subclass"),
+        ("no_such_package.Generator", "cannot be imported"),
+    ],
+)
+def test_only_generator_classes_are_built_from_a_file(exported, tmp_path, target, why):
+    data = torch.load(exported, weights_only=True)
+    bad = tmp_path / "bad.pt"
+    torch.save({**data, "generator": {**data["generator"], "_target_": target}}, bad)
+    with pytest.raises(CheckpointError, match=rf"bad\.pt: its generator _target_ '{target}' .*{why}"):
+        load_generator(bad)
+    hydra_keys = tmp_path / "hydra_keys.pt"
+    torch.save({**data, "generator": {**data["generator"], "_partial_": True}}, hydra_keys)
+    with pytest.raises(CheckpointError, match=r"hydra_keys\.pt: the generator node has Hydra keys \['_partial_'\]"):
+        load_generator(hydra_keys)
+
+
+def test_files_of_the_hifigan_module_still_load(run, exported, tmp_path):
+    """A format 1 export and a checkpoint of main at f0f84fd: same generator, same output."""
+    old_export = legacy_export(exported, tmp_path / "v1.pt")
+    old_checkpoint = legacy_checkpoint(run.checkpoint, tmp_path / "old.ckpt")
+    assert "_target_" not in torch.load(old_export, weights_only=True)["generator"]
+    assert "num_mels" not in torch.load(old_checkpoint, weights_only=True)["hyper_parameters"]["generator"]
+    mel = _mels(run)
+    with torch.inference_mode():
+        expected = load_generator(exported)(mel)
+        for path in (old_export, old_checkpoint):
+            generator = load_generator(path)
+            assert isinstance(generator, HiFiGANGenerator) and generator.config == run.features
+            assert torch.equal(generator(mel), expected), path.name
+    old_keys = read_checkpoint(old_checkpoint).discriminator_state.keys()
+    assert old_keys == read_checkpoint(run.checkpoint).discriminator_state.keys()
+    # re-exporting an old file writes the current format, with the generator's _target_
+    again = torch.load(export_generator(old_checkpoint, tmp_path / "again.pt"), weights_only=True)
+    assert again["format_version"] == EXPORT_FORMAT_VERSION == 2
+    assert again["generator"] == torch.load(exported, weights_only=True)["generator"]

@@ -17,7 +17,7 @@ from melvoc.features import MelSpectrogram
 from melvoc.finetune import InitFromCheckpoint
 from melvoc.inference import CheckpointError, load_generator, read_checkpoint
 from melvoc.training import train, validate_config
-from tests._trained import TINY_RUN, TrainedRun, _one_thread, exported, run  # noqa: F401 (fixtures)
+from tests._trained import TINY_RUN, TrainedRun, _one_thread, exported, legacy_checkpoint, run  # noqa: F401
 from tests.conftest import compose_config
 
 
@@ -84,11 +84,14 @@ def test_finetune_experiment_trains_from_an_exported_generator(run, exported, tm
     assert max((fresh[k] - start[k]).abs().max().item() for k in start) > 1e-2
 
 
-def test_init_from_a_full_checkpoint_loads_generator_and_discriminators(run):
+@pytest.mark.parametrize("layout", ["current", "hifigan_module"])
+def test_init_from_a_full_checkpoint_loads_generator_and_discriminators(run, tmp_path, layout):
+    path = run.checkpoint if layout == "current" else legacy_checkpoint(run.checkpoint, tmp_path / "old.ckpt")
     model = _model()
-    callback = InitFromCheckpoint(run.checkpoint)
+    callback = InitFromCheckpoint(path)
     loaded = callback.apply(model)
-    assert loaded["generator"] and loaded["discriminator"] and loaded["source"]["global_step"] == 2
+    assert loaded["generator"] and loaded["discriminators"] == ["mpd", "msd"]
+    assert loaded["source"]["global_step"] == 2
     state = torch.load(run.checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
@@ -96,14 +99,14 @@ def test_init_from_a_full_checkpoint_loads_generator_and_discriminators(run):
 
 def test_init_from_an_export_converts_to_weight_norm_and_keeps_fresh_discriminators(run, exported):
     model = _model()
-    discriminator_before = {k: v.clone() for k, v in model.discriminator.state_dict().items()}
+    discriminator_before = {k: v.clone() for k, v in model.discriminators.state_dict().items()}
     loaded = InitFromCheckpoint(exported).apply(model)
-    assert loaded == {"generator": True, "discriminator": False, "source": loaded["source"]}
+    assert loaded == {"generator": True, "discriminators": [], "source": loaded["source"]}
     assert any("parametrizations" in k for k in model.generator.state_dict())
     mel = run.val_mel[sorted(run.val_mel)[0]].unsqueeze(0)
     with torch.inference_mode():
         torch.testing.assert_close(model.generator(mel), load_generator(exported)(mel), rtol=1e-4, atol=1e-5)
-    for key, value in model.discriminator.state_dict().items():
+    for key, value in model.discriminators.state_dict().items():
         assert torch.equal(value, discriminator_before[key])
 
 
@@ -118,16 +121,22 @@ def test_other_features_or_generator_are_an_error_listing_the_overrides(run, exp
 
 
 def test_discriminators_that_do_not_fit(run, caplog):
-    overrides = ("model.discriminator.mpd.channels=[8,16,32,64,64]",)
+    overrides = ("model.discriminators.mpd.channels=[8,16,32,64,64]",)
     model = _model(*overrides)
-    before = {k: v.clone() for k, v in model.discriminator.state_dict().items()}
+    before = {k: v.clone() for k, v in model.discriminators.mpd.state_dict().items()}
     with caplog.at_level(logging.WARNING, logger="melvoc.finetune"):
         loaded = InitFromCheckpoint(run.checkpoint).apply(model)
-    assert loaded["generator"] and not loaded["discriminator"]
-    assert "do not fit" in caplog.text and "start fresh" in caplog.text
-    assert all(torch.equal(v, before[k]) for k, v in model.discriminator.state_dict().items())
-    with pytest.raises(CheckpointError, match="do not fit"):
+    # by name: the MPD that does not fit starts fresh, the MSD that fits is loaded
+    assert loaded["generator"] and loaded["discriminators"] == ["msd"]
+    assert "discriminator 'mpd' does not fit" in caplog.text and "starts fresh" in caplog.text
+    assert all(torch.equal(v, before[k]) for k, v in model.discriminators.mpd.state_dict().items())
+    with pytest.raises(CheckpointError, match="'mpd' does not fit"):
         InitFromCheckpoint(run.checkpoint, strict_discriminators=True).apply(_model(*overrides))
+    # a discriminator the checkpoint lacks
+    model = _model("+model.discriminators.mpd2={_target_: melvoc.models.discriminators.MultiPeriodDiscriminator,"
+                   "periods: [2], channels: [2,2,2,2,2]}")
+    with pytest.raises(CheckpointError, match="it has no discriminator 'mpd2'"):
+        InitFromCheckpoint(run.checkpoint, strict_discriminators=True).apply(model)
 
 
 def test_a_resumed_run_keeps_its_checkpoint_weights(run):
@@ -141,7 +150,7 @@ def test_a_resumed_run_keeps_its_checkpoint_weights(run):
 
     fresh = InitFromCheckpoint(run.checkpoint)
     fresh.on_validation_start(SimpleNamespace(ckpt_path=None), model)
-    assert fresh.loaded is not None and fresh.loaded["discriminator"]
+    assert fresh.loaded is not None and fresh.loaded["discriminators"] == ["mpd", "msd"]
 
 
 def test_experiment_requires_init_from_and_mels():

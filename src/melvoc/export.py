@@ -1,8 +1,8 @@
 """Export a trained generator for inference: ``python -m melvoc.export CKPT OUT``.
 
 The output is a generator-only ``torch.save`` file: weights with weight norm folded in, the feature
-config and the generator's constructor arguments, a format version and where it came from; no
-discriminators, optimizer state or training loop state (HiFi-GAN V1: 13.9 M parameters, ~55 MB).
+config and the generator node (``_target_`` and constructor arguments), a format version and where it
+came from; no discriminators, optimizer state or training loop state (HiFi-GAN V1: 13.9 M parameters, ~55 MB).
 Load it with :func:`melvoc.load_generator`; it gives the same output as the checkpoint's generator.
 
     python -m melvoc.export logs/train/runs/<run>/checkpoints/last.ckpt generator.pt
@@ -62,7 +62,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prog="python -m melvoc.export",
         description=(
             "Write a generator-only file for inference from a training checkpoint: weight norm removed, "
-            "no discriminators or optimizer state, the feature config and generator hyper-parameters "
+            "no discriminators or optimizer state, the feature config and generator node "
             "included. Load it with melvoc.load_generator(path) or use it with python -m melvoc.synthesize."
         ),
     )
@@ -78,8 +78,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     exported = read_checkpoint(output)
     params = sum(t.numel() for t in exported.generator_state.values())
     features = exported.features
+    family = str(exported.generator["_target_"]).rpartition(".")[2]
     print(
-        f"{output}: HiFi-GAN generator, {params / 1e6:.2f} M parameters, {_size(output)} "
+        f"{output}: {family}, {params / 1e6:.2f} M parameters, {_size(output)} "
         f"(from {args.checkpoint}, {_size(args.checkpoint)})\n"
         f"  features: {features.sampling_rate} Hz, {features.num_mels} mels, hop {features.hop_size}, "
         f"n_fft {features.n_fft}, fmax {features.fmax}"

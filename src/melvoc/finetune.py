@@ -9,7 +9,7 @@ the mels from ``data.mel_dir`` and this callback initializes the model from ``in
         data.train_filelist=train.txt data.val_filelist=val.txt data.mel_dir=gta_mels/
 
 The start can be an exported generator (``python -m melvoc.export``; the discriminators then start
-fresh) or a full training checkpoint (generator and, when they fit, discriminators). Only weights
+fresh) or a full training checkpoint (generator and, each when it fits, the discriminators). Only weights
 are taken: optimizer state, step counter and schedules start anew. To continue an interrupted
 fine-tuning run, resume it with ``ckpt_path=...`` as any run: the weights then come from that
 checkpoint and this callback does nothing.
@@ -65,17 +65,18 @@ class InitFromCheckpoint(Callback):
     validation before training already measures the starting vocoder. Nothing is loaded when the
     trainer restores a checkpoint (``ckpt_path``, i.e. a resumed run), whose weights take precedence.
 
-    The checkpoint's feature config and generator architecture must equal the run's (a mismatch is
-    an error that lists the overrides to give); the module must expose ``generator``,
-    ``discriminator`` and ``features`` (as :class:`melvoc.models.HiFiGAN` does).
+    The checkpoint's feature config and generator node (class and arguments) must equal the run's
+    (a mismatch is an error that lists the overrides to give); the module must expose
+    ``generator``, ``discriminators`` (a ``ModuleDict``) and ``features``, as
+    :class:`melvoc.models.GANVocoder` does.
 
     Args:
         path: an exported generator (``python -m melvoc.export``) or a full training checkpoint.
-        load_discriminators: take the discriminators from a full checkpoint too (an exported
-            generator has none; they then start from their random initialization).
-        strict_discriminators: a full checkpoint whose discriminators do not fit the run's (other
-            widths, periods or scales) is an error; when false (the default) they start fresh, with
-            a warning.
+        load_discriminators: take the discriminators from a full checkpoint too, matched by name
+            (an exported generator has none; they then start from their random initialization).
+        strict_discriminators: a run's discriminator that the full checkpoint lacks or whose
+            weights do not fit (other widths, periods or scales) is an error; when false (the
+            default) it starts fresh, with a warning.
     """
 
     def __init__(
@@ -91,7 +92,7 @@ class InitFromCheckpoint(Callback):
         self.load_discriminators = bool(load_discriminators)
         self.strict_discriminators = bool(strict_discriminators)
         self._done = False
-        #: What was loaded: ``{"generator": True, "discriminator": bool, "source": {...}}`` once done.
+        #: What was loaded: ``{"generator": True, "discriminators": [names], "source": {...}}`` once done.
         self.loaded: Optional[dict[str, Any]] = None
 
     # ------------------------------------------------------------------ hooks
@@ -128,16 +129,16 @@ class InitFromCheckpoint(Callback):
         with torch.no_grad():
             generator.load_state_dict(state, strict=True)
 
-        discriminator_loaded = self._load_discriminator(checkpoint, pl_module)
+        discriminators = self._load_discriminators(checkpoint, pl_module)
         step = checkpoint.metadata.get("global_step")
         log.info(
             "initialized the generator%s from %s (%s%s); optimizers and step counter start fresh",
-            " and discriminators" if discriminator_loaded else "",
+            f" and discriminators {', '.join(discriminators)}" if discriminators else "",
             checkpoint.path,
             "exported generator" if checkpoint.kind == "export" else "training checkpoint",
             f", step {step}" if step is not None else "",
         )
-        return {"generator": True, "discriminator": discriminator_loaded, "source": dict(checkpoint.metadata)}
+        return {"generator": True, "discriminators": discriminators, "source": dict(checkpoint.metadata)}
 
     def _check_compatible(self, checkpoint: GeneratorCheckpoint, pl_module: L.LightningModule) -> None:
         features: MelConfig = MelConfig.coerce(pl_module.features)
@@ -149,7 +150,7 @@ class InitFromCheckpoint(Callback):
         ours_generator.setdefault("num_mels", features.num_mels)
         problems += [
             f"model.generator.{key}={_override(theirs)} (this run: {_override(ours)})"
-            for key, ours, theirs in _config_differences(ours_generator, checkpoint.generator_kwargs)
+            for key, ours, theirs in _config_differences(ours_generator, checkpoint.generator)
             if key != "num_mels"
         ]
         if problems:
@@ -159,27 +160,38 @@ class InitFromCheckpoint(Callback):
                 + "\n  ".join(problems)
             )
 
-    def _load_discriminator(self, checkpoint: GeneratorCheckpoint, pl_module: L.LightningModule) -> bool:
+    def _load_discriminators(self, checkpoint: GeneratorCheckpoint, pl_module: L.LightningModule) -> list[str]:
+        """Load each of the run's discriminators that the checkpoint has with fitting weights; their names."""
         if not self.load_discriminators:
-            return False
+            return []
         if checkpoint.discriminator_state is None:
             log.info("%s has no discriminators (an exported generator): they start fresh", checkpoint.path)
-            return False
-        discriminator = pl_module.discriminator
-        ours = discriminator.state_dict()
-        theirs = checkpoint.discriminator_state
-        mismatched = sorted(
-            k for k in set(ours) | set(theirs) if k not in ours or k not in theirs or ours[k].shape != theirs[k].shape
-        )
-        if mismatched:
-            message = (
-                f"init_from={checkpoint.path}: its discriminators do not fit this run's model.discriminator "
-                f"({len(mismatched)} tensors differ, e.g. {', '.join(mismatched[:3])})"
+            return []
+        loaded = []
+        for name, discriminator in pl_module.discriminators.items():
+            ours = discriminator.state_dict()
+            theirs = {
+                k[len(name) + 1 :]: v for k, v in checkpoint.discriminator_state.items() if k.startswith(f"{name}.")
+            }
+            mismatched = sorted(
+                k for k in set(ours) | set(theirs)
+                if k not in ours or k not in theirs or ours[k].shape != theirs[k].shape
             )
-            if self.strict_discriminators:
-                raise CheckpointError(message + "; use the same model.discriminator settings")
-            log.warning("%s: they start fresh (strict_discriminators=false)", message)
-            return False
-        with torch.no_grad():
-            discriminator.load_state_dict(theirs, strict=True)
-        return True
+            if mismatched:
+                message = (
+                    f"init_from={checkpoint.path}: "
+                    + (
+                        f"its discriminator {name!r} does not fit this run's model.discriminators.{name} "
+                        f"({len(mismatched)} tensors differ, e.g. {', '.join(mismatched[:3])})"
+                        if theirs
+                        else f"it has no discriminator {name!r}"
+                    )
+                )
+                if self.strict_discriminators:
+                    raise CheckpointError(message + f"; use the checkpoint's model.discriminators.{name} settings")
+                log.warning("%s: it starts fresh (strict_discriminators=false)", message)
+                continue
+            with torch.no_grad():
+                discriminator.load_state_dict(theirs, strict=True)
+            loaded.append(name)
+        return loaded

@@ -1,22 +1,29 @@
-"""Loading a trained generator for inference: ``load_generator(path)`` -> ``Generator`` with ``.config``.
+"""Loading a trained generator for inference: ``load_generator(path)`` -> a ``VocoderGenerator`` with ``.config``.
 
 Two kinds of file are accepted, told apart by their content (not their suffix):
 
 * an exported generator (``python -m melvoc.export``): a ``torch.save`` dict with
   ``format == "melvoc.generator"``, a ``format_version``, the feature config (``features``), the
-  generator's constructor arguments (``generator``) and its weights with weight norm folded in;
+  generator node (``generator``) and its weights with weight norm folded in;
 * a full Lightning checkpoint written by training (``last.ckpt``, ``best_*.ckpt``): the generator's
-  weights are taken from ``state_dict["generator.*"]`` and the feature config and generator arguments
-  from ``hyper_parameters``; discriminators and optimizer state are ignored.
+  weights are taken from ``state_dict["generator.*"]`` and the feature config and generator node
+  from ``hyper_parameters``; optimizer state is ignored.
+
+The generator node is ``{"_target_": "<module>.<Class>", **constructor arguments}``. Export format
+1 and checkpoints of the earlier ``HiFiGAN`` module stored the arguments without ``_target_``: they
+are HiFi-GAN generators and load as :class:`~melvoc.models.hifigan.HiFiGANGenerator`.
 
 Either way the feature config comes from the file, so inference can never use other mel parameters
 than training did. Files are read with ``torch.load(weights_only=True)``: plain tensors and
-containers only, no code runs while loading.
+containers only. The ``_target_`` must name a :class:`~melvoc.models.base.VocoderGenerator`
+subclass, which is called with the stored arguments as plain data: a checkpoint file cannot make
+melvoc call any other function.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 import pickle
 import zipfile
@@ -29,11 +36,12 @@ import torch
 from torch import Tensor
 
 from melvoc.features import MelConfig
-from melvoc.models.generator import Generator
+from melvoc.models.base import VocoderGenerator
 
 __all__ = [
     "EXPORT_FORMAT",
     "EXPORT_FORMAT_VERSION",
+    "LEGACY_GENERATOR_TARGET",
     "CheckpointError",
     "GeneratorCheckpoint",
     "build_generator",
@@ -45,11 +53,15 @@ __all__ = [
 
 #: Value of the ``format`` key of an exported generator file.
 EXPORT_FORMAT = "melvoc.generator"
-#: Version of the exported layout; readers accept this version and older ones.
-EXPORT_FORMAT_VERSION = 1
+#: Version of the exported layout; readers accept this version and older ones. Version 2 stores
+#: the generator node with its ``_target_``; version 1 stored HiFi-GAN arguments without it.
+EXPORT_FORMAT_VERSION = 2
+#: The generator of files that name none (export format 1, checkpoints of the ``HiFiGAN`` module).
+LEGACY_GENERATOR_TARGET = "melvoc.models.hifigan.HiFiGANGenerator"
 
 _GENERATOR_PREFIX = "generator."
-_DISCRIMINATOR_PREFIX = "discriminator."
+# ``discriminators.<name>.*`` (GANVocoder); ``discriminator.{mpd,msd}.*`` (the HiFiGAN module).
+_DISCRIMINATOR_PREFIXES = ("discriminators.", "discriminator.")
 _WEIGHT_NORM_SUFFIXES = (".parametrizations.weight.original0", ".parametrizations.weight.original1")
 
 Device = Union[str, torch.device, None]
@@ -67,11 +79,12 @@ class GeneratorCheckpoint:
         path: the file.
         kind: ``"export"`` (a ``python -m melvoc.export`` file) or ``"lightning"`` (a training checkpoint).
         features: the mel features the generator was trained on.
-        generator_kwargs: :class:`~melvoc.models.generator.Generator` arguments, ``num_mels`` included.
+        generator: the generator node, ``{"_target_": ..., **arguments}``, ``num_mels`` included.
         generator_state: the generator's ``state_dict``; with weight norm (parametrised
             ``...parametrizations.weight.original0/1`` keys) when ``weight_norm`` is true, plain otherwise.
         weight_norm: whether ``generator_state`` is in weight-norm form.
-        discriminator_state: the discriminators' ``state_dict`` (full checkpoints only), else ``None``.
+        discriminator_state: the discriminators' ``state_dict`` (full checkpoints only), else ``None``;
+            keys ``<name>.<parameter>`` as in ``GANVocoder.discriminators``.
         hyper_parameters: the training module's hyper-parameters (full checkpoints only), else ``{}``.
         metadata: where the weights come from (``global_step``, ``epoch``, source checkpoint).
     """
@@ -79,7 +92,7 @@ class GeneratorCheckpoint:
     path: Path
     kind: str
     features: MelConfig
-    generator_kwargs: dict[str, Any]
+    generator: dict[str, Any]
     generator_state: dict[str, Tensor]
     weight_norm: bool
     discriminator_state: Optional[dict[str, Tensor]] = None
@@ -130,16 +143,34 @@ def _features(value: Any, path: Path, where: str) -> MelConfig:
         raise CheckpointError(f"{path}: invalid feature config in {where}: {exc}") from exc
 
 
-def _generator_kwargs(value: Any, features: MelConfig, path: Path, where: str) -> dict[str, Any]:
+def _generator_node(value: Any, features: MelConfig, path: Path, where: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
-        raise CheckpointError(f"{path}: {where} is {type(value).__name__}, expected the generator's arguments")
-    kwargs = dict(value)
-    num_mels = kwargs.setdefault("num_mels", features.num_mels)
+        raise CheckpointError(f"{path}: {where} is {type(value).__name__}, expected the generator's node")
+    node = {"_target_": LEGACY_GENERATOR_TARGET, **value}
+    num_mels = node.setdefault("num_mels", features.num_mels)
     if num_mels != features.num_mels:
         raise CheckpointError(
             f"{path}: generator num_mels={num_mels} disagrees with features.num_mels={features.num_mels}"
         )
-    return kwargs
+    return node
+
+
+def _generator_class(target: Any, path: Path) -> type[VocoderGenerator]:
+    """The class ``target`` names, if it is a :class:`VocoderGenerator` subclass (else ``CheckpointError``)."""
+    module_name, _, name = str(target).rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), name, None) if module_name else None
+    except ImportError as exc:
+        raise CheckpointError(
+            f"{path}: its generator _target_ {target!r} cannot be imported ({exc}); install the package "
+            "that defines it"
+        ) from exc
+    if not (isinstance(found, type) and issubclass(found, VocoderGenerator)):
+        raise CheckpointError(
+            f"{path}: its generator _target_ {target!r} is not a melvoc VocoderGenerator subclass; a "
+            "checkpoint may only name a generator class (e.g. melvoc.models.hifigan.HiFiGANGenerator)"
+        )
+    return found
 
 
 def read_checkpoint(path: str | os.PathLike) -> GeneratorCheckpoint:
@@ -169,7 +200,7 @@ def read_checkpoint(path: str | os.PathLike) -> GeneratorCheckpoint:
             path=path,
             kind="export",
             features=features,
-            generator_kwargs=_generator_kwargs(data["generator"], features, path, "'generator'"),
+            generator=_generator_node(data["generator"], features, path, "'generator'"),
             generator_state=dict(data["state_dict"]),
             weight_norm=bool(data.get("weight_norm", False)),
             metadata=dict(data.get("source") or {}),
@@ -180,7 +211,7 @@ def read_checkpoint(path: str | os.PathLike) -> GeneratorCheckpoint:
         if not isinstance(hparams, Mapping) or "features" not in hparams or "generator" not in hparams:
             raise CheckpointError(
                 f"{path}: a Lightning checkpoint, but its hyper_parameters have no 'features' and "
-                "'generator' entries: it was not written by melvoc's HiFiGAN module"
+                "'generator' entries: it was not written by melvoc's GANVocoder module"
             )
         features = _features(hparams["features"], path, "hyper_parameters['features']")
         state = data["state_dict"]
@@ -188,13 +219,13 @@ def read_checkpoint(path: str | os.PathLike) -> GeneratorCheckpoint:
         if not generator_state:
             raise CheckpointError(f"{path}: the checkpoint's state_dict has no 'generator.*' weights")
         discriminator_state = {
-            k[len(_DISCRIMINATOR_PREFIX):]: v for k, v in state.items() if k.startswith(_DISCRIMINATOR_PREFIX)
+            k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(_DISCRIMINATOR_PREFIXES)
         }
         return GeneratorCheckpoint(
             path=path,
             kind="lightning",
             features=features,
-            generator_kwargs=_generator_kwargs(hparams["generator"], features, path, "hyper_parameters['generator']"),
+            generator=_generator_node(hparams["generator"], features, path, "hyper_parameters['generator']"),
             generator_state=generator_state,
             weight_norm=any(k.endswith(_WEIGHT_NORM_SUFFIXES) for k in generator_state),
             discriminator_state=discriminator_state or None,
@@ -219,15 +250,23 @@ def read_checkpoint(path: str | os.PathLike) -> GeneratorCheckpoint:
     )
 
 
-def build_generator(checkpoint: GeneratorCheckpoint, *, remove_weight_norm: bool = True) -> Generator:
-    """A :class:`Generator` with the checkpoint's weights, on the CPU, in eval mode, with ``.config``.
+def build_generator(checkpoint: GeneratorCheckpoint, *, remove_weight_norm: bool = True) -> VocoderGenerator:
+    """The checkpoint's generator with its weights, on the CPU, in eval mode, with ``.config``.
 
     With ``remove_weight_norm`` (inference) the weight-norm parametrisation is folded into plain
     weights; otherwise the generator keeps it (training, fine-tuning), which a plain (exported)
     state is converted to by :func:`weight_norm_state`.
     """
+    node = dict(checkpoint.generator)
+    cls = _generator_class(node.pop("_target_", None), checkpoint.path)
+    special = sorted(k for k in node if k.startswith("_"))
+    if special:
+        raise CheckpointError(
+            f"{checkpoint.path}: the generator node has Hydra keys {special}; a checkpoint's generator node "
+            "holds only _target_ and constructor arguments"
+        )
     try:
-        generator = Generator(**checkpoint.generator_kwargs)
+        generator = cls(**node)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{checkpoint.path}: cannot build the generator from its arguments: {exc}") from exc
     state = checkpoint.generator_state
@@ -289,8 +328,8 @@ def load_generator(
     map_location: Device = "cpu",
     *,
     remove_weight_norm: bool = True,
-) -> Generator:
-    """Load a trained HiFi-GAN generator for inference, in one call.
+) -> VocoderGenerator:
+    """Load a trained generator (any family) for inference, in one call.
 
     Args:
         path: an exported generator (``python -m melvoc.export``) or a full training checkpoint.
@@ -299,13 +338,14 @@ def load_generator(
 
     Returns:
         The generator in eval mode: ``generator(mel)`` maps ``(B, num_mels, frames)`` log-mels to
-        ``(B, 1, frames * hop_size)`` audio in ``[-1, 1]``. ``generator.config`` is the
+        ``(B, 1, frames * hop_size)`` audio. ``generator.config`` is the
         :class:`~melvoc.features.MelConfig` it was trained on; compute its input with
         ``melvoc.MelSpectrogram(generator.config)``.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        CheckpointError: the file is unreadable or not a melvoc checkpoint.
+        CheckpointError: the file is unreadable, not a melvoc checkpoint, or names a generator
+            ``_target_`` that is not a ``VocoderGenerator`` subclass.
 
     Example::
 
@@ -332,9 +372,8 @@ def export_state(checkpoint: GeneratorCheckpoint) -> dict[str, Any]:
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_FORMAT_VERSION,
         "melvoc_version": __version__,
-        "architecture": "hifigan",
         "features": checkpoint.features.to_dict(),
-        "generator": copy.deepcopy(checkpoint.generator_kwargs),
+        "generator": copy.deepcopy(checkpoint.generator),
         "weight_norm": False,
         "state_dict": {k: v.detach().clone().contiguous() for k, v in generator.state_dict().items()},
         "source": source,

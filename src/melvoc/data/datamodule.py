@@ -25,6 +25,7 @@ from melvoc.data.sources import (
 )
 from melvoc.data.synthetic import SyntheticSpec, make_synthetic_dataset
 from melvoc.features import MelConfig, MelSpectrogram
+from melvoc.loss import pad_like_unpadded
 
 __all__ = ["VocoderDataModule"]
 
@@ -37,7 +38,9 @@ class VocoderDataModule(L.LightningDataModule):
     Batches are ``{"audio": (B, T) float32, "lengths": (B,) int64, "names": list[str]}`` (plus
     ``"mel_target": (B, num_mels, T // hop_size)`` with ``mel_dir``). After Lightning moves a batch to
     the device, :meth:`on_after_batch_transfer` adds ``"mel": (B, num_mels, T // hop_size)`` float32,
-    computed there without grad by ``MelSpectrogram(features)``; workers never compute mels.
+    computed there without grad by ``MelSpectrogram(features)``; workers never compute mels. Outside
+    training (validation, test, predict) every clip's mel is that of the clip alone, whatever else
+    its batch holds.
 
     Sources (see :func:`melvoc.data.sources.read_source`): ``train_filelist`` and ``val_filelist``
     (filelists, ``metadata.csv`` or folders), or ``train_filelist`` alone split by ``val_count`` /
@@ -153,6 +156,7 @@ class VocoderDataModule(L.LightningDataModule):
         self.val_dataset: Optional[AudioDataset] = None
         self.test_dataset: Optional[AudioDataset] = None
         self._mel: Optional[MelSpectrogram] = None
+        self._framed_mel: Optional[MelSpectrogram] = None
 
     # ------------------------------------------------------------------ sources
     def _ensure_synthetic(self) -> None:
@@ -300,6 +304,12 @@ class VocoderDataModule(L.LightningDataModule):
 
         Shape ``(B, num_mels, T // hop_size)``, float32, no grad; frames beyond ``T // hop_size``
         (``center=True`` presets give one more) are dropped so that ``frames * hop_size == T``.
+
+        Validation, test and predict batches (a trainer in any stage but training) hold whole clips
+        zero-padded to the longest: there each clip's first ``lengths // hop_size`` frames are
+        those of the clip alone (its STFT padding at its own end, not the batch's zeros), and the
+        frames after them the log-mel of silence. So a clip's mel, and what is computed from it,
+        does not depend on the other clips of its batch.
         """
         if not isinstance(batch, dict) or "audio" not in batch:
             return batch
@@ -308,10 +318,29 @@ class VocoderDataModule(L.LightningDataModule):
         if audio.numel() == 0:
             batch["mel"] = audio.new_zeros(audio.shape[0], self.features.num_mels, frames)
             return batch
+        lengths = batch.get("lengths")
+        with torch.no_grad():
+            if lengths is None or self.trainer is None or self.trainer.training:
+                batch["mel"] = self._mel_module(audio.device)(audio.float())[..., :frames]
+            else:
+                batch["mel"] = self._clip_mels(audio.float(), lengths, frames)
+        return batch
+
+    def _mel_module(self, device: torch.device) -> MelSpectrogram:
         if self._mel is None:
             self._mel = MelSpectrogram(self.features)
-        self._mel = self._mel.to(audio.device)
-        with torch.no_grad():
-            batch["mel"] = self._mel(audio.float())[..., :frames]
-        return batch
+        self._mel = self._mel.to(device)
+        return self._mel
+
+    def _clip_mels(self, audio: torch.Tensor, lengths: torch.Tensor, frames: int) -> torch.Tensor:
+        """``(B, num_mels, frames)``: each clip's mel as if alone, silence after its ``lengths // hop`` frames."""
+        if self._framed_mel is None:
+            # Frames the signal pad_like_unpadded prepares (the STFT padding is already in it).
+            self._framed_mel = MelSpectrogram(self.features.replace(pad_mode="none", center=False))
+        self._framed_mel = self._framed_mel.to(audio.device)
+        lengths = lengths.to(audio.device)
+        mel = self._framed_mel(pad_like_unpadded(audio, lengths, self.features))[..., :frames]
+        own_frames = torch.div(lengths, self.features.hop_size, rounding_mode="floor")
+        own = torch.arange(frames, device=audio.device) < own_frames.unsqueeze(1)
+        return mel.masked_fill(~own.unsqueeze(1), silence_log_mel(self.features))
 

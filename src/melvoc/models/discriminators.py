@@ -1,37 +1,25 @@
 """HiFi-GAN discriminators: multi-period (MPD) and multi-scale (MSD).
 
-Every discriminator maps audio ``(B, 1, T)`` (or ``(B, T)``) to a list of logits (one ``(B, N_i)``
-tensor per sub-discriminator) and a list of feature maps (every intermediate activation, for the
-feature-matching loss). Channel widths are configurable so that a small preset trains on a CPU;
-the defaults are the published ones.
+Both map audio ``(B, 1, T)`` (or ``(B, T)``) to :data:`~melvoc.models.base.DiscriminatorOutput`:
+one logits tensor ``(B, N_i)`` per sub-discriminator and, per sub-discriminator, the list of its
+feature maps (every intermediate activation, for the feature-matching loss). Channel widths are
+configurable so that a small preset trains on a CPU; the published layout is ``conf/model/hifigan_v1.yaml``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
-from melvoc.models.generator import LRELU_SLOPE, get_padding
+from melvoc.models.base import DiscriminatorOutput
+from melvoc.models.hifigan import LRELU_SLOPE, get_padding
 
-__all__ = [
-    "CombinedDiscriminator",
-    "DiscriminatorOutput",
-    "DiscriminatorP",
-    "DiscriminatorS",
-    "MultiPeriodDiscriminator",
-    "MultiScaleDiscriminator",
-]
+__all__ = ["DiscriminatorP", "DiscriminatorS", "MultiPeriodDiscriminator", "MultiScaleDiscriminator"]
 
-# (logits per sub-discriminator, feature maps of all sub-discriminators in order)
-DiscriminatorOutput = tuple[list[Tensor], list[Tensor]]
-
-MPD_CHANNELS = (32, 128, 512, 1024, 1024)
-MSD_CHANNELS = (128, 128, 256, 512, 1024, 1024, 1024)
 # The published MSD layers: (kernel, stride, groups); groups are reduced to divide narrower channels.
 _MSD_LAYERS = ((15, 1, 1), (41, 2, 4), (41, 2, 16), (41, 4, 16), (41, 4, 16), (41, 1, 16), (5, 1, 1))
 
@@ -61,7 +49,7 @@ class DiscriminatorP(nn.Module):
     def __init__(
         self,
         period: int,
-        channels: Sequence[int] = MPD_CHANNELS,
+        channels: Sequence[int],
         kernel_size: int = 5,
         stride: int = 3,
         use_spectral_norm: bool = False,
@@ -98,7 +86,7 @@ class DiscriminatorP(nn.Module):
 class MultiPeriodDiscriminator(nn.Module):
     """One :class:`DiscriminatorP` per period (HiFi-GAN: 2, 3, 5, 7, 11)."""
 
-    def __init__(self, periods: Sequence[int] = (2, 3, 5, 7, 11), channels: Sequence[int] = MPD_CHANNELS) -> None:
+    def __init__(self, periods: Sequence[int], channels: Sequence[int]) -> None:
         super().__init__()
         if not periods:
             raise ValueError("MPD periods is empty: give at least one period (HiFi-GAN uses 2, 3, 5, 7, 11)")
@@ -109,14 +97,14 @@ class MultiPeriodDiscriminator(nn.Module):
         for d in self.discriminators:
             logit, fmap = d(audio)
             logits.append(logit)
-            fmaps.extend(fmap)
+            fmaps.append(fmap)
         return logits, fmaps
 
 
 class DiscriminatorS(nn.Module):
     """Scale discriminator: grouped strided 1-D convs over raw (or average-pooled) audio."""
 
-    def __init__(self, channels: Sequence[int] = MSD_CHANNELS, use_spectral_norm: bool = False) -> None:
+    def __init__(self, channels: Sequence[int], use_spectral_norm: bool = False) -> None:
         super().__init__()
         if len(channels) != len(_MSD_LAYERS):
             raise ValueError(f"MSD channels {list(channels)}: need exactly {len(_MSD_LAYERS)} values")
@@ -137,10 +125,10 @@ class DiscriminatorS(nn.Module):
 class MultiScaleDiscriminator(nn.Module):
     """``scales`` :class:`DiscriminatorS` on audio average-pooled by 1, 2, 4, ...; the first uses spectral norm."""
 
-    def __init__(self, scales: int = 3, channels: Sequence[int] = MSD_CHANNELS) -> None:
+    def __init__(self, scales: int, channels: Sequence[int]) -> None:
         super().__init__()
         if scales < 1:
-            raise ValueError(f"MSD scales {scales}: must be >= 1 (or disable the MSD with msd: null)")
+            raise ValueError(f"MSD scales {scales}: must be >= 1 (or drop the MSD with model.discriminators.msd=null)")
         channels = [int(c) for c in channels]
         self.discriminators = nn.ModuleList(
             DiscriminatorS(channels, use_spectral_norm=(i == 0)) for i in range(int(scales))
@@ -155,35 +143,5 @@ class MultiScaleDiscriminator(nn.Module):
                 x = self.pool(x)
             logit, fmap = d(x)
             logits.append(logit)
-            fmaps.extend(fmap)
-        return logits, fmaps
-
-
-class CombinedDiscriminator(nn.Module):
-    """MPD and (optionally) MSD behind one call: ``audio -> (logits, feature maps)`` of both.
-
-    Args:
-        mpd: ``{"periods": [...], "channels": [...]}`` or ``None`` to disable.
-        msd: ``{"scales": 3, "channels": [...]}`` or ``None`` to disable.
-    """
-
-    def __init__(
-        self,
-        mpd: Mapping[str, Any] | None = None,
-        msd: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__()
-        if mpd is None and msd is None:
-            raise ValueError("discriminator: both mpd and msd are disabled (null); enable at least one")
-        self.mpd = MultiPeriodDiscriminator(**dict(mpd)) if mpd is not None else None
-        self.msd = MultiScaleDiscriminator(**dict(msd)) if msd is not None else None
-
-    def forward(self, audio: Tensor) -> DiscriminatorOutput:
-        logits: list[Tensor] = []
-        fmaps: list[Tensor] = []
-        for d in (self.mpd, self.msd):
-            if d is not None:
-                lo, fm = d(audio)
-                logits.extend(lo)
-                fmaps.extend(fm)
+            fmaps.append(fmap)
         return logits, fmaps

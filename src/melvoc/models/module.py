@@ -1,10 +1,18 @@
-"""The HiFi-GAN ``LightningModule``: generator + MPD/MSD trained adversarially with manual optimization.
+"""``GANVocoder``: the one ``LightningModule`` that trains every vocoder family, configured by ``_target_`` nodes.
 
-One training step (the order of the original ``train.py``)::
+A family is a generator (any :class:`~melvoc.models.base.VocoderGenerator`), a named set of
+discriminators (each ``audio (B, 1, T) -> (logits, feature maps)`` per sub-discriminator), and the
+loss and optimizer settings, all in ``conf/model/<name>.yaml``; this module never changes for a new one.
 
-    mel (B, num_mels, F) --generator--> audio_hat (B, F * hop)
-    discriminator step:  LSGAN(D(audio), D(audio_hat.detach()))
-    generator step:      LSGAN_g(D(audio_hat)) + lambda_fm * FM + lambda_mel * MelLoss(audio_hat, audio)
+One training step (the order of HiFi-GAN's ``train.py``), with manual optimization::
+
+    mel (B, num_mels, F) --generator--> audio_hat (B, 1, F * hop)
+    discriminator step:  sum over discriminators of adv_D(D(audio), D(audio_hat.detach()))
+    generator step:      sum over discriminators of [lambda_adv * adv_G(D(audio_hat)) + lambda_fm * FM]
+                         + lambda_mel * mel_loss(audio_hat, audio)
+
+``adv`` is ``lsgan`` or ``hinge`` (:mod:`melvoc.models.gan_losses`). Gradients are clipped per
+network: the generator, and each named discriminator on its own.
 
 Step counting. With two optimizers under manual optimization Lightning counts *every*
 ``optimizer.step()`` in ``trainer.global_step`` (Lightning-AI/pytorch-lightning#17958), so
@@ -25,45 +33,52 @@ from typing import Any, Literal, Optional
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from torch import Tensor
+from torch import Tensor, nn
 
 from melvoc.features import MelConfig, MelSpectrogram
-from melvoc.models.discriminators import MPD_CHANNELS, MSD_CHANNELS, CombinedDiscriminator
-from melvoc.models.gan_losses import discriminator_loss, feature_matching_loss, generator_loss
-from melvoc.models.generator import Generator, check_upsampling
+from melvoc.models.base import VocoderGenerator
+from melvoc.models.gan_losses import (
+    check_adversarial_loss,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_loss,
+)
 
-__all__ = ["HiFiGAN"]
+__all__ = ["GANVocoder"]
 
-
-DEFAULT_GENERATOR: dict[str, Any] = {  # HiFi-GAN V1
-    "upsample_rates": [8, 8, 2, 2],
-    "upsample_kernel_sizes": [16, 16, 4, 4],
-    "upsample_initial_channel": 512,
-    "resblock": "1",
-    "resblock_kernel_sizes": [3, 7, 11],
-    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
-}
-DEFAULT_DISCRIMINATOR: dict[str, Any] = {
-    "mpd": {"periods": [2, 3, 5, 7, 11], "channels": list(MPD_CHANNELS)},
-    "msd": {"scales": 3, "channels": list(MSD_CHANNELS)},
-}
-DEFAULT_OPTIMIZER: dict[str, Any] = {"lr": 2e-4, "betas": [0.8, 0.99], "eps": 1e-8, "weight_decay": 0.01}
+Node = Mapping[str, Any]
+_LEGACY_DISCRIMINATOR_PREFIX = "discriminator."
 
 
 def _plain(value: Any) -> Any:
-    """DictConfig/ListConfig/MelConfig/tuples -> plain dicts and lists (for hparams and checkpoints)."""
+    """OmegaConf nodes, MelConfigs and tuples -> plain dicts and lists (``_target_`` kept), for hparams."""
     if isinstance(value, (DictConfig, ListConfig)):
         value = OmegaConf.to_container(value, resolve=True)
     if isinstance(value, MelConfig):
         return value.to_dict()
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items() if k != "_target_"}
+        return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def _node(value: Any, where: str, *, optional: bool = False) -> Optional[dict[str, Any]]:
+    value = _plain(value)
+    if value is None and optional:
+        return None
+    if not isinstance(value, dict) or "_target_" not in value:
+        raise ValueError(f"{where} must be a `_target_` node, got {value!r}")
+    return value
+
+
+def _build(node: Node) -> Any:
+    # Plain containers in, plain containers to the constructors (no ListConfig in optimizer state).
+    return instantiate(node, _convert_="all")
 
 
 def _noop() -> None:
@@ -81,112 +96,132 @@ def _uncounted(optimizer: LightningOptimizer) -> Iterator[None]:
         optimizer._on_before_step, optimizer._on_after_step = before, after
 
 
-def _match_lengths(audio: Tensor, audio_hat: Tensor) -> tuple[Tensor, Tensor]:
-    """Trim ``(B, T)`` and ``(B, T')`` to their common length (``center=True`` gives one extra frame)."""
+def _trim_to_common_length(audio: Tensor, audio_hat: Tensor) -> tuple[Tensor, Tensor]:
+    """Trim ``(..., T)`` and ``(..., T')`` to their common length (``center=True`` gives one extra frame)."""
     n = min(audio.size(-1), audio_hat.size(-1))
     return audio[..., :n], audio_hat[..., :n]
 
 
-class HiFiGAN(L.LightningModule):
-    """HiFi-GAN vocoder with manual GAN optimization.
+class GANVocoder(L.LightningModule):
+    """A GAN vocoder of any family, trained with manual optimization; every part comes from config.
+
+    ``hyper_parameters`` (and so every checkpoint) hold the nodes below as plain containers, with
+    their ``_target_``; ``load_from_checkpoint`` rebuilds the module from them alone.
 
     Args:
         features: the mel features the generator consumes (``MelConfig`` or mapping); its
-            ``hop_size`` must equal the generator's total upsampling, ``num_mels`` its input channels.
-        loss_features: the mel features of the reconstruction loss (HiFi-GAN: ``features`` with
-            ``fmax`` null); defaults to ``features``.
-        generator: :class:`~melvoc.models.generator.Generator` arguments (``num_mels`` comes from
-            ``features``); defaults to HiFi-GAN V1.
-        discriminator: ``{"mpd": {"periods", "channels"} | None, "msd": {"scales", "channels"} | None}``.
-        optimizer: AdamW arguments for both networks (``lr``, ``betas``, ``eps``, ``weight_decay``).
-        lr_decay: ``ExponentialLR`` gamma, stepped once per epoch (HiFi-GAN: 0.999).
-        lambda_mel: weight of the mel L1 loss (45).
-        lambda_fm: weight of the feature-matching sum (2; the original's ``2 * feature_loss``).
-        lambda_adv: weight of the generator's adversarial loss (1).
-        mel_loss: ``"mel"`` (:class:`melvoc.loss.MelLoss` on ``loss_features``) or ``"multiscale"``
-            (:class:`melvoc.loss.MultiScaleMelLoss` at ``loss_features.sampling_rate``).
-        mel_loss_kwargs: extra arguments of ``MultiScaleMelLoss``.
-        grad_clip: clip each network's gradient norm to this value (``None``: no clipping).
+            ``hop_size`` must equal the generator's, ``num_mels`` its input channels.
+        loss_features: the mel features of the reconstruction loss (stored with the checkpoint; the
+            ``mel_loss`` node receives them by interpolation).
+        generator: ``_target_`` node of a :class:`~melvoc.models.base.VocoderGenerator` subclass.
+        discriminators: ``{name: _target_ node}``; a ``null`` entry drops that discriminator.
+        adversarial_loss: ``"lsgan"`` or ``"hinge"``.
+        lambda_adv, lambda_fm, lambda_mel: weights of the adversarial, feature-matching and mel terms.
+        mel_loss: ``_target_`` node of the reconstruction loss (``melvoc.loss.MelLoss`` or
+            ``MultiScaleMelLoss``), called as ``mel_loss(audio_hat, audio)``.
+        optimizer_g, optimizer_d: ``_partial_`` optimizer nodes, called with ``params=``.
+        scheduler_g, scheduler_d: ``_partial_`` scheduler nodes, called with ``optimizer=``, or ``None``.
+        scheduler_interval: step the schedulers once per ``"epoch"`` or per ``"step"`` (generator update).
+        grad_clip_g: max gradient norm of the generator, or ``None``.
+        grad_clip_d: max gradient norm of each discriminator separately, or ``None``.
     """
 
     def __init__(
         self,
-        features: MelConfig | Mapping[str, Any],
-        loss_features: MelConfig | Mapping[str, Any] | None = None,
-        generator: Mapping[str, Any] | None = None,
-        discriminator: Mapping[str, Any] | None = None,
-        optimizer: Mapping[str, Any] | None = None,
-        lr_decay: float = 0.999,
-        lambda_mel: float = 45.0,
-        lambda_fm: float = 2.0,
-        lambda_adv: float = 1.0,
-        mel_loss: Literal["mel", "multiscale"] = "mel",
-        mel_loss_kwargs: Mapping[str, Any] | None = None,
-        grad_clip: Optional[float] = None,
+        features: MelConfig | Node,
+        loss_features: MelConfig | Node,
+        generator: Node,
+        discriminators: Mapping[str, Optional[Node]],
+        adversarial_loss: Literal["lsgan", "hinge"],
+        lambda_adv: float,
+        lambda_fm: float,
+        lambda_mel: float,
+        mel_loss: Node,
+        optimizer_g: Node,
+        optimizer_d: Node,
+        scheduler_g: Optional[Node],
+        scheduler_d: Optional[Node],
+        scheduler_interval: Literal["epoch", "step"],
+        grad_clip_g: Optional[float],
+        grad_clip_d: Optional[float],
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
-
         features = MelConfig.coerce(features)
-        loss_features = MelConfig.coerce(loss_features) if loss_features is not None else features
-        generator_cfg = {**DEFAULT_GENERATOR, **_plain(generator or {})}
-        discriminator_cfg = {**DEFAULT_DISCRIMINATOR, **_plain(discriminator or {})}
-        optimizer_cfg = {**DEFAULT_OPTIMIZER, **_plain(optimizer or {})}
-        mel_loss_kwargs = _plain(mel_loss_kwargs or {})
+        loss_features = MelConfig.coerce(loss_features)
+        check_adversarial_loss(adversarial_loss)
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"model.scheduler_interval = {scheduler_interval!r}: expected 'epoch' or 'step'")
+        for name, clip in (("grad_clip_g", grad_clip_g), ("grad_clip_d", grad_clip_d)):
+            if clip is not None and clip <= 0:
+                raise ValueError(f"model.{name} = {clip}: must be positive, or null to disable clipping")
+        discriminators = _plain(discriminators)
+        if not isinstance(discriminators, dict):
+            raise ValueError(f"model.discriminators must map names to `_target_` nodes, got {discriminators!r}")
+        discriminator_nodes = {
+            name: _node(node, f"model.discriminators.{name}", optional=True) for name, node in discriminators.items()
+        }
+        if not any(discriminator_nodes.values()):
+            raise ValueError("model.discriminators: none is set; give at least one `_target_` node")
 
-        num_mels = generator_cfg.pop("num_mels", features.num_mels)
-        if num_mels != features.num_mels:
-            raise ValueError(
-                f"model.generator.num_mels = {num_mels} but features.num_mels = {features.num_mels}: "
-                "remove num_mels from the generator config (it is taken from features)"
-            )
-        check_upsampling(generator_cfg["upsample_rates"], features.hop_size)
-        if mel_loss not in ("mel", "multiscale"):
-            raise ValueError(f"model.mel_loss = {mel_loss!r}: expected 'mel' or 'multiscale'")
-        if grad_clip is not None and grad_clip <= 0:
-            raise ValueError(f"model.grad_clip = {grad_clip}: must be positive, or null to disable clipping")
-        unknown = set(discriminator_cfg) - {"mpd", "msd"}
-        if unknown:
-            raise ValueError(f"model.discriminator has unknown keys {sorted(unknown)}: expected 'mpd' and 'msd'")
-
-        # Plain dicts only: a checkpoint must carry its feature config without melvoc's classes or Hydra.
+        # Plain containers only: a checkpoint must rebuild the module without melvoc's classes or Hydra's.
         self.save_hyperparameters(
             {
                 "features": features.to_dict(),
                 "loss_features": loss_features.to_dict(),
-                "generator": generator_cfg,
-                "discriminator": discriminator_cfg,
-                "optimizer": optimizer_cfg,
-                "lr_decay": float(lr_decay),
-                "lambda_mel": float(lambda_mel),
-                "lambda_fm": float(lambda_fm),
+                "generator": _node(generator, "model.generator"),
+                "discriminators": discriminator_nodes,
+                "adversarial_loss": adversarial_loss,
                 "lambda_adv": float(lambda_adv),
-                "mel_loss": mel_loss,
-                "mel_loss_kwargs": mel_loss_kwargs,
-                "grad_clip": None if grad_clip is None else float(grad_clip),
+                "lambda_fm": float(lambda_fm),
+                "lambda_mel": float(lambda_mel),
+                "mel_loss": _node(mel_loss, "model.mel_loss"),
+                "optimizer_g": _node(optimizer_g, "model.optimizer_g"),
+                "optimizer_d": _node(optimizer_d, "model.optimizer_d"),
+                "scheduler_g": _node(scheduler_g, "model.scheduler_g", optional=True),
+                "scheduler_d": _node(scheduler_d, "model.scheduler_d", optional=True),
+                "scheduler_interval": scheduler_interval,
+                "grad_clip_g": None if grad_clip_g is None else float(grad_clip_g),
+                "grad_clip_d": None if grad_clip_d is None else float(grad_clip_d),
             }
         )
+        hp = self.hparams
         self.features = features
         self.loss_features = loss_features
-        self.generator = Generator(num_mels=features.num_mels, **generator_cfg)
-        self.discriminator = CombinedDiscriminator(discriminator_cfg["mpd"], discriminator_cfg["msd"])
+        self.generator = self._build_generator(hp.generator, features)
+        self.discriminators = nn.ModuleDict(
+            {name: _build(node) for name, node in hp.discriminators.items() if node is not None}
+        )
         # Only used when a batch arrives without "mel" (the datamodule normally adds it on the device).
         self.mel_spectrogram = MelSpectrogram(features)
-        self.mel_loss = self._build_mel_loss(mel_loss, loss_features, mel_loss_kwargs)
+        self.mel_loss = _build(hp.mel_loss)
 
     @staticmethod
-    def _build_mel_loss(kind: str, config: MelConfig, kwargs: dict[str, Any]) -> torch.nn.Module:
-        from melvoc import loss  # imported here so the networks are usable without the loss module
-
-        if kind == "multiscale":
-            return loss.MultiScaleMelLoss(sampling_rate=config.sampling_rate, **kwargs)
-        if kwargs:
-            raise ValueError(f"model.mel_loss_kwargs {kwargs} only apply to mel_loss='multiscale'")
-        return loss.MelLoss(config)
+    def _build_generator(node: Node, features: MelConfig) -> VocoderGenerator:
+        generator = _build(node)
+        if not isinstance(generator, VocoderGenerator):
+            raise TypeError(
+                f"model.generator._target_ = {node['_target_']} built a {type(generator).__name__}, "
+                "which is not a melvoc.models.base.VocoderGenerator subclass"
+            )
+        if generator.num_mels != features.num_mels:
+            raise ValueError(
+                f"model.generator.num_mels = {generator.num_mels} but features.num_mels = {features.num_mels}: "
+                "set num_mels: ${features.num_mels} in the generator node"
+            )
+        if generator.hop_size != features.hop_size:
+            raise ValueError(
+                f"model.generator ({node['_target_']}) makes {generator.hop_size} samples per frame, which does "
+                f"not match features.hop_size = {features.hop_size}: each mel frame must become exactly "
+                f"hop_size samples. Choose a model preset for hop {features.hop_size} (e.g. model=hifigan_v1 "
+                f"for 256, model=hifigan_v1_hop512 for 512) or a features preset with hop_size {generator.hop_size}."
+            )
+        generator.config = features
+        return generator
 
     # ------------------------------------------------------------------ inference
     def forward(self, mel: Tensor) -> Tensor:
-        """``(B, num_mels, frames) -> (B, frames * hop_size)`` audio in ``[-1, 1]``."""
+        """``(B, num_mels, frames) -> (B, frames * hop_size)`` audio."""
         return self.generator(mel).squeeze(1)
 
     def _generator_input(self, batch: Mapping[str, Tensor]) -> Tensor:
@@ -209,6 +244,29 @@ class HiFiGAN(L.LightningModule):
             )
         return mel
 
+    def _vocode_clips(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """``(B, frames * hop)`` float32: each clip vocoded alone, from its own ``lengths // hop`` frames.
+
+        In a padded batch the generator would see the padding frames within its receptive field,
+        so a clip's output would depend on its batch; here it does not. Samples after a clip's own
+        are zero. Batches without ``lengths`` are vocoded whole.
+        """
+        mel = self._generator_input(batch)
+        lengths = batch.get("lengths")
+        total = mel.shape[-1]
+        if lengths is None:
+            return self(mel).float()
+        # One host read per evaluation batch: the clips' frame counts slice the mel.
+        frames = [min(int(n) // self.features.hop_size, total) for n in torch.as_tensor(lengths).tolist()]
+        if all(f == total for f in frames):
+            return self(mel).float()
+        audio_hat = mel.new_zeros(mel.shape[0], total * self.features.hop_size)
+        for row, count in enumerate(frames):
+            if count > 0:
+                clip = self(mel[row : row + 1, :, :count])[0]
+                audio_hat[row, : clip.shape[-1]] = clip.float()
+        return audio_hat
+
     # ------------------------------------------------------------------ training
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
@@ -219,40 +277,48 @@ class HiFiGAN(L.LightningModule):
         ):
             # Fail before the first step rather than in DDP's reducer after a forward pass.
             raise ValueError(
-                "trainer.strategy: DDP without find_unused_parameters cannot train HiFiGAN: the discriminator and the "
-                "generator are updated by separate backward passes, each leaving the other network's "
-                "parameters without gradients, which DDP rejects unless told so. Use "
+                "trainer.strategy: DDP without find_unused_parameters cannot train a GANVocoder: the "
+                "discriminators and the generator are updated by separate backward passes, each leaving the "
+                "other network's parameters without gradients, which DDP rejects unless told so. Use "
                 "trainer.strategy=ddp_find_unused_parameters_true."
             )
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
-        audio = batch["audio"]
-        audio, audio_hat = _match_lengths(audio, self(self._generator_input(batch)))
+        hp = self.hparams
+        audio = batch["audio"].unsqueeze(1)
+        audio, audio_hat = _trim_to_common_length(audio, self.generator(self._generator_input(batch)))
         batch_size = audio.size(0)
 
-        # Discriminator: one forward on real and (detached) fake together.
-        logits, _ = self.discriminator(torch.cat([audio, audio_hat.detach()]))
-        real_logits, fake_logits = zip(*(lo.chunk(2) for lo in logits))
-        loss_d = discriminator_loss(real_logits, fake_logits)
+        # Discriminators: one forward each on real and (detached) fake together.
+        real_and_fake = torch.cat([audio, audio_hat.detach()])
+        loss_d = audio.new_zeros((), dtype=torch.float32)
+        for discriminator in self.discriminators.values():
+            logits, _ = discriminator(real_and_fake)
+            real_logits, fake_logits = zip(*(lo.chunk(2) for lo in logits))
+            loss_d = loss_d + discriminator_loss(real_logits, fake_logits, hp.adversarial_loss)
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(loss_d)
         with _uncounted(opt_d):
             opt_d.step()
 
-        # Generator: the discriminator's parameters are frozen (toggled) so no gradient is computed for them.
+        # Generator: the discriminators' parameters are frozen (toggled) so no gradient is computed for them.
         with self.toggled_optimizer(opt_g):
-            with torch.no_grad():
-                _, real_fmaps = self.discriminator(audio)
-            fake_logits, fake_fmaps = self.discriminator(audio_hat)
-            loss_adv = generator_loss(fake_logits)
-            loss_fm = feature_matching_loss(real_fmaps, fake_fmaps)
+            loss_adv = audio.new_zeros((), dtype=torch.float32)
+            loss_fm = audio.new_zeros((), dtype=torch.float32)
+            for discriminator in self.discriminators.values():
+                with torch.no_grad():
+                    _, real_fmaps = discriminator(audio)
+                fake_logits, fake_fmaps = discriminator(audio_hat)
+                loss_adv = loss_adv + generator_loss(fake_logits, hp.adversarial_loss)
+                loss_fm = loss_fm + feature_matching_loss(real_fmaps, fake_fmaps)
             mel_l1 = self.mel_loss(audio_hat.float(), audio.float())
-            hp = self.hparams
             loss_g = hp.lambda_adv * loss_adv + hp.lambda_fm * loss_fm + hp.lambda_mel * mel_l1
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(loss_g)
             opt_g.step()
+        if hp.scheduler_interval == "step":
+            self._schedule_to(self.global_step)
 
         self.log_dict(
             {"train/loss_g": loss_g.detach(), "train/mel_l1": mel_l1.detach()}, prog_bar=True, batch_size=batch_size
@@ -265,27 +331,35 @@ class HiFiGAN(L.LightningModule):
         self.log("train/lr_d", opt_d.optimizer.param_groups[0]["lr"], batch_size=batch_size)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Runs after AMP unscaling and before the update, so the norm is that of the true gradients.
-        if self.hparams.grad_clip is not None:
-            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+        # Runs after AMP unscaling and before the update, so the norms are those of the true gradients.
+        hp = self.hparams
+        opt_g = self.trainer.optimizers[0]
+        if optimizer is opt_g:
+            if hp.grad_clip_g is not None:
+                torch.nn.utils.clip_grad_norm_(self.generator.parameters(), hp.grad_clip_g)
+        elif hp.grad_clip_d is not None:
+            for discriminator in self.discriminators.values():
+                torch.nn.utils.clip_grad_norm_(discriminator.parameters(), hp.grad_clip_d)
 
     def on_train_start(self) -> None:
         # A checkpoint written on the last batch of an epoch (every_n_train_steps, after validation)
         # precedes that epoch's on_train_epoch_end, and Lightning resumes it in the next epoch without
-        # calling the hook: catch up, so that the rate stays lr * lr_decay ** (completed epochs).
-        self._decay_to(self.current_epoch)
+        # calling the hook: catch up, so that the schedule stands at the completed epochs (or steps).
+        self._schedule_to(self.current_epoch if self.hparams.scheduler_interval == "epoch" else self.global_step)
 
     def on_train_epoch_end(self) -> None:
-        # Manual optimization: Lightning does not step schedulers; HiFi-GAN decays once per epoch.
-        # Idempotent: resuming a checkpoint saved at this epoch's end may run this hook again.
-        self._decay_to(self.current_epoch + 1)
+        # Manual optimization: Lightning does not step schedulers. Idempotent: resuming a checkpoint
+        # saved at this epoch's end may run this hook again.
+        if self.hparams.scheduler_interval == "epoch":
+            self._schedule_to(self.current_epoch + 1)
 
-    def _decay_to(self, epochs: int) -> None:
+    def _schedule_to(self, count: int) -> None:
+        """Step each scheduler until it has been stepped ``count`` times in all."""
         with warnings.catch_warnings():
             # After a resume the optimizers did step (before the checkpoint); torch cannot know that.
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
             for scheduler in self._schedulers():
-                while scheduler.last_epoch < epochs:
+                while scheduler.last_epoch < count:
                     scheduler.step()
 
     def _schedulers(self) -> list[Any]:
@@ -294,29 +368,40 @@ class HiFiGAN(L.LightningModule):
             return []
         return schedulers if isinstance(schedulers, list) else [schedulers]
 
-    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[Any]]:
-        opt = dict(self.hparams.optimizer)
-        opt["betas"] = tuple(opt["betas"])
-        opt_g = torch.optim.AdamW(self.generator.parameters(), **opt)
-        opt_d = torch.optim.AdamW(self.discriminator.parameters(), **opt)
-        gamma = self.hparams.lr_decay
-        sched_g = torch.optim.lr_scheduler.ExponentialLR(opt_g, gamma=gamma)
-        sched_d = torch.optim.lr_scheduler.ExponentialLR(opt_d, gamma=gamma)
-        return [opt_g, opt_d], [
-            {"scheduler": sched_g, "interval": "epoch", "name": "lr/generator"},
-            {"scheduler": sched_d, "interval": "epoch", "name": "lr/discriminator"},
+    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
+        hp = self.hparams
+        opt_g = _build(hp.optimizer_g)(params=self.generator.parameters())
+        opt_d = _build(hp.optimizer_d)(params=self.discriminators.parameters())
+        schedulers = [
+            {"scheduler": _build(node)(optimizer=optimizer), "interval": hp.scheduler_interval, "name": name}
+            for node, optimizer, name in (
+                (hp.scheduler_g, opt_g, "lr/generator"),
+                (hp.scheduler_d, opt_d, "lr/discriminator"),
+            )
+            if node is not None
         ]
+        return [opt_g, opt_d], schedulers
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Checkpoints of the earlier HiFiGAN module kept MPD and MSD under one `discriminator` module;
+        # their parameters are those of `discriminators.mpd` / `.msd`, in the same order, so the
+        # discriminator optimizer's state fits as it is.
+        state = checkpoint.get("state_dict", {})
+        legacy = [k for k in state if k.startswith(_LEGACY_DISCRIMINATOR_PREFIX)]
+        for key in legacy:
+            state["discriminators." + key[len(_LEGACY_DISCRIMINATOR_PREFIX):]] = state.pop(key)
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """Whole clips: ``{"audio_hat": (B, frames * hop)}`` for :class:`melvoc.callbacks.MelLossCallback`."""
-        return {"audio_hat": self(self._generator_input(batch)).float()}
+        """Whole clips, each vocoded alone: ``{"audio_hat": (B, frames * hop)}`` for the validation callbacks."""
+        return {"audio_hat": self._vocode_clips(batch)}
 
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Like :meth:`validation_step`."""
-        return {"audio_hat": self(self._generator_input(batch)).float()}
+        return {"audio_hat": self._vocode_clips(batch)}
 
     def predict_step(self, batch: Mapping[str, Tensor] | Tensor, batch_idx: int = 0) -> Tensor:
         """Mel ``(B, num_mels, frames)`` or a batch dict -> audio ``(B, frames * hop)`` float32."""
-        mel = self._check_mel(batch) if isinstance(batch, Tensor) else self._generator_input(batch)
-        return self(mel).float()
+        if isinstance(batch, Tensor):
+            return self(self._check_mel(batch)).float()
+        return self._vocode_clips(batch)

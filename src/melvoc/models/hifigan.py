@@ -11,7 +11,8 @@ V3    8, 8, 4         16, 16, 8       256       2         3, 5, 7       [1,2], [
 ====  ==============  ==============  ========  ========  ============  =============================
 
 Every convolution is weight-normalised (``torch.nn.utils.parametrizations.weight_norm``);
-:meth:`Generator.remove_weight_norm` folds the parametrisation into plain weights for inference.
+:meth:`HiFiGANGenerator.remove_weight_norm` folds the parametrisation into plain weights for inference.
+The layouts above are configuration: ``conf/model/hifigan_v1.yaml`` ... ``hifigan_v3.yaml``.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
-__all__ = ["Generator", "ResBlock1", "ResBlock2", "check_upsampling", "get_padding"]
+from melvoc.models.base import VocoderGenerator, fold_weight_norm
+
+__all__ = ["LRELU_SLOPE", "HiFiGANGenerator", "ResBlock1", "ResBlock2", "get_padding"]
 
 LRELU_SLOPE = 0.1
 
@@ -37,15 +39,17 @@ def get_padding(kernel_size: int, dilation: int = 1) -> int:
 
 
 def _init_weights(module: nn.Module, std: float = 0.01) -> None:
-    # HiFi-GAN's init_weights: N(0, 0.01) for every conv of the upsampling path.
+    # The official init_weights, applied as there: after weight_norm. It does NOT give N(0, std)
+    # weights. Under weight norm ``module.weight`` is derived from the parameters g and v (here a
+    # parametrisation computed on access; in the official code a tensor that a pre-forward hook
+    # recomputes), so normal_ fills a temporary that is thrown away, and g and v are untouched. The
+    # convs keep PyTorch's default init: v ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (Kaiming-uniform,
+    # a = sqrt(5)) and g = ||v|| per slice along dim 0 (output channels of a Conv1d, input channels
+    # of a ConvTranspose1d), as weight_norm sets g when applied, so the weight equals that default.
+    # The published models were trained with this init, so it stays, and so does the call: it
+    # still draws from the RNG, as the official code does.
     if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
         module.weight.data.normal_(0.0, std)
-
-
-def _remove_weight_norm(module: nn.Module) -> None:
-    for sub in module.modules():
-        if parametrize.is_parametrized(sub, "weight"):
-            parametrize.remove_parametrizations(sub, "weight", leave_parametrized=True)
 
 
 class ResBlock1(nn.Module):
@@ -88,21 +92,8 @@ class ResBlock2(nn.Module):
         return x
 
 
-def check_upsampling(upsample_rates: Sequence[int], hop_size: int) -> None:
-    """Raise ``ValueError`` unless ``prod(upsample_rates) == hop_size`` (one frame must become one hop)."""
-    total = math.prod(int(r) for r in upsample_rates)
-    if total != int(hop_size):
-        rates = " x ".join(str(int(r)) for r in upsample_rates)
-        raise ValueError(
-            f"generator upsampling {rates} = {total} does not match features.hop_size = {hop_size}: "
-            f"each mel frame must become exactly hop_size samples. Choose upsample_rates whose product is "
-            f"{hop_size} (e.g. model=hifigan_v1 for hop 256, model=hifigan_v1_hop512 for hop 512) "
-            f"or a features preset with hop_size {total}."
-        )
-
-
-class Generator(nn.Module):
-    """HiFi-GAN generator.
+class HiFiGANGenerator(VocoderGenerator):
+    """HiFi-GAN generator. Every argument comes from the model config (``conf/model/hifigan_*.yaml``).
 
     Args:
         num_mels: input mel bands.
@@ -119,13 +110,13 @@ class Generator(nn.Module):
 
     def __init__(
         self,
-        num_mels: int = 80,
-        upsample_rates: Sequence[int] = (8, 8, 2, 2),
-        upsample_kernel_sizes: Sequence[int] = (16, 16, 4, 4),
-        upsample_initial_channel: int = 512,
-        resblock: Literal["1", "2"] | int = "1",
-        resblock_kernel_sizes: Sequence[int] = (3, 7, 11),
-        resblock_dilation_sizes: Sequence[Sequence[int]] = ((1, 3, 5), (1, 3, 5), (1, 3, 5)),
+        num_mels: int,
+        upsample_rates: Sequence[int],
+        upsample_kernel_sizes: Sequence[int],
+        upsample_initial_channel: int,
+        resblock: Literal["1", "2"] | int,
+        resblock_kernel_sizes: Sequence[int],
+        resblock_dilation_sizes: Sequence[Sequence[int]],
     ) -> None:
         super().__init__()
         upsample_rates = [int(r) for r in upsample_rates]
@@ -193,7 +184,7 @@ class Generator(nn.Module):
         x = self.conv_post(F.leaky_relu(x))
         return torch.tanh(x)
 
-    def remove_weight_norm(self) -> "Generator":
-        """Fold weight norm into plain weights (same outputs, faster inference). Returns ``self``."""
-        _remove_weight_norm(self)
+    def remove_weight_norm(self) -> "HiFiGANGenerator":
+        """Fold weight norm into plain ``nn.Parameter`` weights (same outputs, faster inference). Returns ``self``."""
+        fold_weight_norm(self)
         return self
