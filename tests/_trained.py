@@ -41,7 +41,7 @@ TINY_RUN = [
     "+trainer.enable_progress_bar=false",
     "callbacks.progress_bar=null",
     "callbacks.lr_monitor=null",
-    "callbacks.mel_loss.num_media=0",
+    "callbacks.media.num_media=0",
     "~logger",
     "validate_before_fit=false",
 ]

@@ -62,7 +62,7 @@ def test_finetune_experiment_trains_from_an_exported_generator(run, exported, tm
         "+trainer.enable_progress_bar=false",
         "callbacks.progress_bar=null",
         "callbacks.lr_monitor=null",
-        "callbacks.mel_loss.num_media=0",
+        "callbacks.media.num_media=0",
         "~logger",
         f"paths.root_dir={tmp_path}",
         f"paths.output_dir={tmp_path / 'run'}",
