@@ -216,5 +216,8 @@ class BigVGANGenerator(VocoderGenerator):
         """Fold weight norm into plain weights (still ``nn.Parameter``); same outputs. Returns ``self``."""
         for module in self.modules():
             if parametrize.is_parametrized(module, "weight"):
+                weight = module.weight.detach().clone()
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+                # Called under no_grad, torch leaves the folded weight as a plain tensor; keep it a Parameter.
+                module.weight = nn.Parameter(weight)
         return self
