@@ -25,6 +25,7 @@ from melvoc.peers.hifigan import build_on_meta, to_melvoc_state
 
 PEERS = Path(__file__).parent / "fixtures" / "peers"
 FIXTURES = {"hifigan_v2": hifigan, "hifigan_v3": hifigan, "bigvgan_v2_24khz_100band": bigvgan}
+WEIGHT_FILES = [("hifigan_v2", "g_00000000"), ("bigvgan_v2_24khz_100band", "bigvgan_generator.pt")]
 
 
 def _old_weight_norm(module: nn.Module) -> nn.Module:
@@ -121,7 +122,7 @@ def _copy(name: str, tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("name, weights", [("hifigan_v2", "g_00000000"), ("bigvgan_v2_24khz_100band", "bigvgan_generator.pt")])
+@pytest.mark.parametrize("name, weights", WEIGHT_FILES)
 def test_missing_config_is_named(tmp_path, name, weights):
     folder = _copy(name, tmp_path)
     (folder / "config.json").unlink()
@@ -130,7 +131,7 @@ def test_missing_config_is_named(tmp_path, name, weights):
         family.read(folder / weights)
 
 
-@pytest.mark.parametrize("name, weights", [("hifigan_v2", "g_00000000"), ("bigvgan_v2_24khz_100band", "bigvgan_generator.pt")])
+@pytest.mark.parametrize("name, weights", WEIGHT_FILES)
 def test_truncated_file_is_named(tmp_path, name, weights):
     folder = _copy(name, tmp_path)
     data = (folder / weights).read_bytes()
@@ -139,7 +140,7 @@ def test_truncated_file_is_named(tmp_path, name, weights):
         FIXTURES[name].read(folder)
 
 
-@pytest.mark.parametrize("name, weights", [("hifigan_v2", "g_00000000"), ("bigvgan_v2_24khz_100band", "bigvgan_generator.pt")])
+@pytest.mark.parametrize("name, weights", WEIGHT_FILES)
 def test_wrong_layout_is_named(tmp_path, name, weights):
     folder = _copy(name, tmp_path)
     state = torch.load(folder / weights, weights_only=True)["generator"]

@@ -29,6 +29,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
+from melvoc.models.base import DiscriminatorOutput
+from melvoc.models.stft_discriminators import LRELU_SLOPE, as_3d
+
 __all__ = [
     "ConstantQTransform",
     "DiscriminatorCQT",
@@ -36,12 +39,9 @@ __all__ = [
     "SincResample",
 ]
 
-LRELU_SLOPE = 0.1
 #: nnAudio's default lowest bin (C1).
 CQT_FMIN = 32.70
 _LOWPASS_TAPS = 256
-
-DiscriminatorOutput = tuple[list[Tensor], list[list[Tensor]]]
 
 
 class SincResample(nn.Module):
@@ -215,7 +215,8 @@ class DiscriminatorCQT(nn.Module):
         self.n_octaves = int(n_octaves)
         self.normalize_volume = bool(normalize_volume)
         self.resample = SincResample(int(sample_rate), 2 * int(sample_rate))
-        self.cqt = ConstantQTransform(2 * sample_rate, int(hop_length), self.n_octaves * self.bins_per_octave, self.bins_per_octave)
+        n_bins = self.n_octaves * self.bins_per_octave
+        self.cqt = ConstantQTransform(2 * sample_rate, int(hop_length), n_bins, self.bins_per_octave)
         kernel = (3, 9)
         # The input convs have no normalisation in BigVGAN; the published weights depend on that.
         self.conv_pres = nn.ModuleList(
@@ -227,7 +228,9 @@ class DiscriminatorCQT(nn.Module):
             out = min(int(filters) * int(filters_scale) ** (i + 1), int(max_filters))
             self.convs.append(
                 weight_norm(
-                    nn.Conv2d(width, out, kernel, stride=(1, 2), dilation=(int(d), 1), padding=_padding(kernel, (int(d), 1)))
+                    nn.Conv2d(
+                        width, out, kernel, stride=(1, 2), dilation=(int(d), 1), padding=_padding(kernel, (int(d), 1))
+                    )
                 )
             )
             width = out
@@ -237,7 +240,7 @@ class DiscriminatorCQT(nn.Module):
 
     def forward(self, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
         """``(B, 1, T) -> (logits (B, N), feature maps)``; the output conv is not a feature map (as in BigVGAN)."""
-        x = audio if audio.dim() == 3 else audio.unsqueeze(1)
+        x = as_3d(audio)
         if self.normalize_volume:
             x = x - x.mean(dim=-1, keepdim=True)
             x = 0.8 * x / (x.abs().amax(dim=-1, keepdim=True) + 1e-9)
@@ -283,7 +286,8 @@ class MultiScaleSubbandCQTDiscriminator(nn.Module):
             )
         self.discriminators = nn.ModuleList(
             DiscriminatorCQT(
-                int(sample_rate), int(h), int(o), int(b), filters, max_filters, filters_scale, dilations, normalize_volume
+                int(sample_rate), int(h), int(o), int(b),
+                filters, max_filters, filters_scale, dilations, normalize_volume,
             )
             for h, o, b in zip(hop_lengths, n_octaves, bins_per_octaves)
         )

@@ -1,4 +1,4 @@
-"""Spectrogram discriminators: multi-resolution (MRD, UnivNet / BigVGAN v1) and multi-band (MBD, DAC / Vocos / BigVGAN v2).
+"""Spectrogram discriminators: multi-resolution (MRD; UnivNet, BigVGAN v1) and multi-band (MBD; DAC, BigVGAN v2).
 
 Both map audio ``(B, 1, T)`` (or ``(B, T)``) to ``(logits, feature maps)``: one ``(B, N)`` logits
 tensor and one list of feature maps per sub-discriminator, like
@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
+from melvoc.models.base import DiscriminatorOutput
+
 __all__ = [
     "DiscriminatorB",
     "DiscriminatorR",
@@ -34,10 +36,9 @@ UNIVNET_RESOLUTIONS = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))
 #: DAC's bands, as fractions of the ``n_fft // 2 + 1`` bins.
 DAC_BANDS = ((0.0, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
 
-DiscriminatorOutput = tuple[list[Tensor], list[list[Tensor]]]
 
-
-def _as_3d(audio: Tensor) -> Tensor:
+def as_3d(audio: Tensor) -> Tensor:
+    """``(B, T)`` or ``(B, 1, T)`` audio as ``(B, 1, T)``; anything else raises ``ValueError``."""
     if audio.dim() == 2:
         return audio.unsqueeze(1)
     if audio.dim() != 3 or audio.size(1) != 1:
@@ -94,7 +95,7 @@ class DiscriminatorR(nn.Module):
 
     def forward(self, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
         """``(B, 1, T) -> (logits (B, N), feature maps)``."""
-        x = self.spectrogram(_as_3d(audio)).unsqueeze(1)
+        x = self.spectrogram(as_3d(audio)).unsqueeze(1)
         fmap = []
         for conv in self.convs:
             x = F.leaky_relu(conv(x), LRELU_SLOPE)
@@ -183,9 +184,9 @@ class DiscriminatorB(nn.Module):
         return [spec[..., lo:hi] for lo, hi in self.bands]
 
     def forward(self, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """``(B, 1, T) -> (logits (B, N), feature maps)``; the first conv of each band is not a feature map (as in DAC)."""
+        """``(B, 1, T) -> (logits (B, N), feature maps)``; each band's first conv is no feature map (as in DAC)."""
         fmap, outs = [], []
-        for band, stack in zip(self.spectrogram(_as_3d(audio)), self.band_convs):
+        for band, stack in zip(self.spectrogram(as_3d(audio)), self.band_convs):
             for i, conv in enumerate(stack):
                 band = F.leaky_relu(conv(band), LRELU_SLOPE)
                 if i > 0:

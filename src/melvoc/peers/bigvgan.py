@@ -1,4 +1,4 @@
-"""NVIDIA/BigVGAN checkpoints: a folder with ``config.json`` and ``bigvgan_generator.pt`` (``{"generator": state_dict}``).
+"""NVIDIA/BigVGAN checkpoints: a folder of ``config.json`` and ``bigvgan_generator.pt`` (``{"generator": state}``).
 
 Accepted paths: such a folder (the Hugging Face layout), its ``bigvgan_generator.pt``, or a training
 folder / ``g_XXXXXXXX`` file whose ``config.json`` names an ``activation``. Discriminators come from
@@ -121,7 +121,9 @@ class _Constants:
             if i not in self._cqts:
                 n = self.node
                 bins = n["bins_per_octaves"][i]
-                self._cqts[i] = ConstantQTransform(2 * n["sample_rate"], n["hop_lengths"][i], n["n_octaves"][i] * bins, bins)
+                self._cqts[i] = ConstantQTransform(
+                    2 * n["sample_rate"], n["hop_lengths"][i], n["n_octaves"][i] * bins, bins
+                )
             return getattr(self._cqts[i], _CQT_BUFFERS[match.group(2)])
         return None
 
@@ -173,7 +175,9 @@ def _discriminator_nodes(config: Mapping[str, Any], path: Path) -> dict[str, dic
     elif config.get("use_cqtd_instead_of_mrd", False):
         for key in ("cqtd_in_channels", "cqtd_out_channels"):
             if config.get(key, 1) != 1:
-                raise PeerCheckpointError(f"{path}: {key}={config[key]}; melvoc's CQT-D reads mono audio and has one output")
+                raise PeerCheckpointError(
+                    f"{path}: {key}={config[key]}; melvoc's CQT-D reads mono audio and has one output (set it to 1)"
+                )
         nodes["cqtd"] = {
             "_target_": CQTD_TARGET,
             "sample_rate": int(config["sampling_rate"]),
@@ -200,7 +204,9 @@ def _discriminator_nodes(config: Mapping[str, Any], path: Path) -> dict[str, dic
 def _discriminators(
     do_file: Path, config: Mapping[str, Any], config_path: Path
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Tensor]], dict[str, Any]]:
-    expected = f"a BigVGAN {DISCRIMINATOR_FILE} / do_XXXXXXXX file ({{'mpd', 'mrd', 'optim_g', 'optim_d', 'steps', 'epoch'}})"
+    expected = (
+        f"a BigVGAN {DISCRIMINATOR_FILE} / do_XXXXXXXX file ({{'mpd', 'mrd', 'optim_g', 'optim_d', 'steps', 'epoch'}})"
+    )
     nodes = _discriminator_nodes(config, config_path)
     checkpoint = load_torch_file(do_file, expected)
     states = {}

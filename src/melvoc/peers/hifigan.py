@@ -66,9 +66,13 @@ def read_json_config(path: Path, expected: str) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise PeerCheckpointError(f"{path}: not a readable JSON config ({exc}); expected {expected}'s config.json") from exc
+        raise PeerCheckpointError(
+            f"{path}: not a readable JSON config ({exc}); expected {expected}'s config.json"
+        ) from exc
     if not isinstance(config, dict):
-        raise PeerCheckpointError(f"{path}: expected a JSON object (the peer's config.json), got {type(config).__name__}")
+        raise PeerCheckpointError(
+            f"{path}: expected a JSON object (the peer's config.json), got {type(config).__name__}"
+        )
     return config
 
 
@@ -173,7 +177,11 @@ def to_melvoc_state(source: Mapping[str, Tensor], model: nn.Module, path: Path, 
             out[key] = value
     missing = sorted(set(expected) - set(out))
     unexpected = sorted(set(out) - set(expected))
-    wrong = [f"{k}: {tuple(out[k].shape)} vs {expected[k]}" for k in sorted(set(out) & set(expected)) if tuple(out[k].shape) != expected[k]]
+    wrong = [
+        f"{k}: {tuple(out[k].shape)} vs {expected[k]}"
+        for k in sorted(set(out) & set(expected))
+        if tuple(out[k].shape) != expected[k]
+    ]
     if missing or unexpected or wrong:
         parts = []
         if missing:
