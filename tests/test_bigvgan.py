@@ -246,6 +246,25 @@ def test_cqtd_under_bf16_autocast_is_finite():
     assert torch.isfinite(logits[0].float()).all()
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: MultiResolutionDiscriminator([[256, 64, 256]], channels=8),
+        lambda: MultiBandDiscriminator([256], channels=8),
+        lambda: MultiScaleSubbandCQTDiscriminator(24000, [256], [8], [12], filters=8),
+        lambda: BigVGANGenerator(**TINY),
+    ],
+)
+def test_true_bf16_weights_run(make):
+    """``precision="bf16-true"``: weights and input in bf16; the spectra are still computed in float32."""
+    torch.manual_seed(0)
+    model = make().to(torch.bfloat16)
+    x = torch.randn(1, 20, 8) if isinstance(model, BigVGANGenerator) else 0.1 * torch.randn(1, 1, 2048)
+    out = model(x.to(torch.bfloat16))
+    first = out if isinstance(out, torch.Tensor) else out[0][0]
+    assert first.dtype == torch.bfloat16 and torch.isfinite(first.float()).all()
+
+
 def test_cqt_equals_nnaudio_cqt2010v2():
     golden = np.load(PEERS / "bigvgan_v2_24khz_100band" / "cqt_nnaudio.npz")
     audio = torch.from_numpy(golden["audio"]).view(1, 1, -1)

@@ -245,7 +245,7 @@ class DiscriminatorCQT(nn.Module):
             x = x - x.mean(dim=-1, keepdim=True)
             x = 0.8 * x / (x.abs().amax(dim=-1, keepdim=True) + 1e-9)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            z = self.cqt(self.resample(x.float()))
+            z = self.cqt(self.resample(x.float())).to(x.dtype)
         z = z.transpose(2, 3)
         b = self.bins_per_octave
         z = torch.cat([conv(z[..., i * b : (i + 1) * b]) for i, conv in enumerate(self.conv_pres)], dim=-1)

@@ -83,15 +83,17 @@ class DiscriminatorR(nn.Module):
         self.register_buffer("window", torch.ones(win), persistent=False)
 
     def spectrogram(self, audio: Tensor) -> Tensor:
-        """``(B, 1, T) -> (B, n_fft // 2 + 1, frames)`` STFT magnitude (float32 under autocast)."""
+        """``(B, 1, T) -> (B, n_fft // 2 + 1, frames)`` STFT magnitude, computed in float32."""
         n_fft, hop, win = self.resolution
         pad = (n_fft - hop) // 2
         x = F.pad(audio, (pad, pad), mode="reflect").squeeze(1)
         with torch.autocast(device_type=x.device.type, enabled=False):
             spec = torch.stft(
-                x.float(), n_fft, hop_length=hop, win_length=win, window=self.window, center=False, return_complex=True
+                x.float(), n_fft, hop_length=hop, win_length=win, window=self.window.float(), center=False,
+                return_complex=True,
             )
-            return spec.abs()
+        # The convolutions run in the input's dtype (bf16 weights in true half precision).
+        return spec.abs().to(audio.dtype)
 
     def forward(self, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
         """``(B, 1, T) -> (logits (B, N), feature maps)``."""
@@ -175,12 +177,12 @@ class DiscriminatorB(nn.Module):
                 x.float(),
                 self.window_length,
                 hop_length=self.hop_length,
-                window=self.window,
+                window=self.window.float(),
                 center=True,
                 pad_mode="reflect",
                 return_complex=True,
             )
-        spec = torch.view_as_real(spec).permute(0, 3, 2, 1)
+        spec = torch.view_as_real(spec).permute(0, 3, 2, 1).to(audio.dtype)
         return [spec[..., lo:hi] for lo, hi in self.bands]
 
     def forward(self, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
