@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 import melvoc
-from melvoc.models.cqt_discriminator import ConstantQTransform
+from melvoc.models.cqt_discriminator import ConstantQTransform, SincResample
 from melvoc.peers import PeerCheckpointError, bigvgan, hifigan
 from melvoc.peers.hifigan import build_on_meta, to_melvoc_state
 
@@ -332,6 +332,8 @@ def _peer_cqtd(config) -> nn.Module:
         d.cqt_transform.register_buffer("lenghts", cqt.scale.flatten() ** 2)
         d.cqt_transform.register_buffer("cqt_kernels_real", cqt.kernel_real.clone())
         d.cqt_transform.register_buffer("cqt_kernels_imag", cqt.kernel_imag.clone())
+        d.resample = nn.Module()  # torchaudio's Resample saves its kernel too
+        d.resample.register_buffer("kernel", SincResample(config["sampling_rate"], 2 * config["sampling_rate"]).kernel)
         root.discriminators.append(d)
     return root
 

@@ -10,8 +10,9 @@ MBD, else MRD). The optimiser states are not mapped (they index parameters in th
 Key mapping besides the weight/spectral norm of :mod:`melvoc.peers.hifigan`: ``ups.{i}.0.*`` ->
 ``ups.{i}.*``; an AMP block's interleaved ``activations.{n}`` -> ``acts1.{n // 2}`` / ``acts2.{n // 2}``
 (type 1) or ``acts.{n}`` (type 2). Constant buffers the peer saves (anti-aliasing filters, nnAudio's
-CQT kernels and low-pass, torchaudio's windows) are recomputed by melvoc; the filters and CQT kernels
-are compared with the saved ones first, so a checkpoint made with other settings fails loudly.
+CQT kernels and low-pass, torchaudio's resampling kernel and windows) are recomputed by melvoc; the
+filters and kernels are compared with the saved ones first, so a checkpoint made with other settings
+fails loudly.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from melvoc.models.activations import AntiAliasedActivation
-from melvoc.models.cqt_discriminator import ConstantQTransform
+from melvoc.models.cqt_discriminator import ConstantQTransform, SincResample
 from melvoc.peers import PeerCheckpoint, PeerCheckpointError
 from melvoc.peers.hifigan import (
     MPD_CHANNELS,
@@ -116,6 +117,9 @@ class _Constants:
         what = match.group(1)
         if what.endswith("filter") and what.startswith(("upsample", "downsample")):
             return self._filter
+        if what == "resample.kernel" and "sample_rate" in self.node:
+            rate = int(self.node["sample_rate"])
+            return SincResample(rate, 2 * rate).kernel
         if match.group(2) in _CQT_BUFFERS and (scale := _CQT_SCALE.match(key)) is not None:
             i = int(scale.group(1))
             if i not in self._cqts:
