@@ -65,10 +65,11 @@ class ISTFT(nn.Module):
         self.pad = self.n_fft // 2 if padding == "center" else (self.n_fft - self.hop_length) // 2
         self.blocks = -(-self.n_fft // self.hop_length)
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        window = torch.hann_window(self.n_fft, device="cpu")
         # Beyond 2 * blocks frames the envelope only repeats its interior period between the same two
         # edges, so these lengths cover every input; checking here keeps the forward free of host reads.
         for frames in range(1, 2 * self.blocks + 2):
-            lowest = self._envelope(frames, self.window).min().item()
+            lowest = self._envelope(frames, window).min().item()
             if lowest <= _NOLA_TOLERANCE:
                 raise ValueError(
                     f"ISTFT n_fft={n_fft}, hop_length={hop_length}, padding={padding!r}: the Hann windows "

@@ -15,7 +15,11 @@ from torch import Tensor
 
 from melvoc.features import MelConfig
 
-__all__ = ["PeerCheckpoint"]
+__all__ = ["PeerCheckpoint", "PeerCheckpointError"]
+
+
+class PeerCheckpointError(ValueError):
+    """A peer checkpoint that cannot be read; the message names the file, what it holds and the fix."""
 
 
 @dataclass
