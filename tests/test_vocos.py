@@ -261,6 +261,42 @@ def test_stft_then_istft_reconstructs_the_signal(padding, dtype, tol):
     torch.testing.assert_close(ours, expected, rtol=0, atol=tol)
 
 
+@pytest.mark.parametrize("n_fft, hop", [(1024, 256), (60, 25), (63, 16)])
+@pytest.mark.parametrize("padding", ["same", "center"])
+def test_dft_matmul_equals_irfft(n_fft, hop, padding):
+    spectrum = _random_spectrum(9, n_fft, torch.float64)
+    # In float64 throughout, so that the comparison sees the method, not the basis' rounding.
+    istft = ISTFT(n_fft, hop, padding).double()
+    plain = _istft(istft, spectrum)
+    assert istft.use_dft_matmul() is istft and istft.dft_matmul
+    matmul = _istft(istft, spectrum)
+    torch.testing.assert_close(matmul, plain, rtol=0, atol=1e-12)
+    assert not istft.use_dft_matmul(False).dft_matmul
+    torch.testing.assert_close(_istft(istft, spectrum), plain, rtol=0, atol=0)
+
+
+def test_dft_matmul_reproduces_peer_audio_and_exports_to_onnx(checkpoint, io, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    generator = _generator(checkpoint)
+    generator.head.istft.use_dft_matmul()
+    mel = torch.from_numpy(io["mel"])
+    with torch.no_grad():
+        audio = generator(mel)
+    np.testing.assert_allclose(audio[:, 0].numpy(), io["audio_out"], rtol=0, atol=1e-4)
+
+    path = tmp_path / "vocos.onnx"
+    axes = {"mel": {0: "batch", 2: "frames"}, "audio": {0: "batch", 2: "samples"}}
+    torch.onnx.export(generator, (mel,), str(path), input_names=["mel"], output_names=["audio"],
+                      opset_version=17, dynamo=False, dynamic_axes=axes)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    longer = torch.cat([mel, mel.flip(-1)], dim=0)[..., :57]
+    with torch.no_grad():
+        expected = generator(longer)
+    (result,) = session.run(None, {"mel": longer.numpy()})
+    assert result.shape == (2, 1, 57 * 256)
+    np.testing.assert_allclose(result, expected.numpy(), rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("hop, padding", [(1024, "same"), (1024, "center"), (0, "same")])
 def test_istft_rejects_windows_that_cannot_invert(hop, padding):
     with pytest.raises(ValueError, match="hop_length"):

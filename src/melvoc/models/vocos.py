@@ -47,6 +47,11 @@ class ISTFT(nn.Module):
     ``ceil(n_fft / hop)`` shifted sums of ``hop``-sample blocks (pad and add, no scatter), then
     division by the overlap-added squared window.
 
+    :meth:`use_dft_matmul` switches the per-frame ``irfft`` for a matrix product with the windowed
+    inverse-DFT basis (``2 * (n_fft // 2 + 1) * n_fft`` multiply-adds per frame, about 8 % of the
+    published model's), the form ONNX exporters accept (they reject complex tensors); a test keeps the
+    two equal.
+
     Args:
         n_fft: FFT size and window length.
         hop_length: samples between frames.
@@ -54,6 +59,8 @@ class ISTFT(nn.Module):
     """
 
     window: Tensor
+    cos_basis: Optional[Tensor]
+    sin_basis: Optional[Tensor]
 
     def __init__(self, n_fft: int, hop_length: int, padding: Padding = "same") -> None:
         super().__init__()
@@ -67,6 +74,8 @@ class ISTFT(nn.Module):
         self.pad = self.n_fft // 2 if padding == "center" else (self.n_fft - self.hop_length) // 2
         self.blocks = -(-self.n_fft // self.hop_length)
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        self.register_buffer("cos_basis", None, persistent=False)
+        self.register_buffer("sin_basis", None, persistent=False)
         window = torch.hann_window(self.n_fft, device="cpu")
         # Beyond 2 * blocks frames the envelope only repeats its interior period between the same two
         # edges, so these lengths cover every input; checking here keeps the forward free of host reads.
@@ -78,6 +87,34 @@ class ISTFT(nn.Module):
                     f"do not overlap enough to invert ({frames} frames leave a window sum of {lowest:.3g}); "
                     "use hop_length <= n_fft // 2"
                 )
+
+    @property
+    def dft_matmul(self) -> bool:
+        """Whether frames come from the inverse-DFT matrix product instead of ``irfft``."""
+        return self.cos_basis is not None
+
+    def use_dft_matmul(self, enabled: bool = True) -> "ISTFT":
+        """Compute frames by a matrix product with the windowed inverse-DFT basis (``enabled``) or by
+        ``irfft`` (the default). The basis (``2 * (n_fft // 2 + 1) * n_fft`` values) lives on the
+        window's device and dtype. Returns ``self``."""
+        if not enabled:
+            self.cos_basis = self.sin_basis = None
+            return self
+        n, bins = self.n_fft, self.n_fft // 2 + 1
+        k = torch.arange(bins, dtype=torch.int64, device=self.window.device)
+        # (k * t) mod n in integers keeps the angles exact for every n_fft.
+        angle = (k[:, None] * torch.arange(n, device=k.device)[None, :] % n).double() * (2 * math.pi / n)
+        weight = torch.full((bins, 1), 2.0 / n, dtype=torch.float64, device=k.device)
+        weight[0] = 1.0 / n
+        sine = torch.sin(angle)
+        sine[0] = 0.0
+        if n % 2 == 0:
+            weight[-1] = 1.0 / n
+            sine[-1] = 0.0  # irfft ignores the imaginary parts of DC and Nyquist
+        window = self.window.double()
+        self.cos_basis = (weight * torch.cos(angle) * window).to(self.window.dtype)
+        self.sin_basis = (-weight * sine * window).to(self.window.dtype)
+        return self
 
     def _overlap_add(self, frames: Tensor) -> Tensor:
         """``(B, F, n_fft)`` frames -> ``(B, F * hop)`` trimmed overlap-added signal."""
@@ -99,13 +136,18 @@ class ISTFT(nn.Module):
 
         The imaginary parts of the DC and Nyquist bins are ignored (``irfft``).
         """
-        frames = torch.fft.irfft(torch.complex(real, imag), n=self.n_fft, dim=-1)
-        window = self.window.to(frames.dtype)
-        signal = self._overlap_add(frames * window)
-        return signal / self._envelope(frames.shape[1], window)
+        window = self.window.to(real.dtype)
+        if self.cos_basis is not None and self.sin_basis is not None:
+            frames = real @ self.cos_basis.to(real.dtype) + imag @ self.sin_basis.to(real.dtype)
+        else:
+            frames = torch.fft.irfft(torch.complex(real, imag), n=self.n_fft, dim=-1) * window
+        return self._overlap_add(frames) / self._envelope(frames.shape[1], window)
 
     def extra_repr(self) -> str:
-        return f"n_fft={self.n_fft}, hop_length={self.hop_length}, padding={self.padding!r}"
+        return (
+            f"n_fft={self.n_fft}, hop_length={self.hop_length}, padding={self.padding!r}, "
+            f"dft_matmul={self.dft_matmul}"
+        )
 
 
 class ISTFTHead(nn.Module):
