@@ -7,8 +7,10 @@ Both generators get the same random ``(1, 100, frames)`` mel (hop 256, so ``fram
 with 80: its input conv is the only layer that changes, 0.2 % of its multiply-adds). Weights are
 random: the time does not depend on them. HiFi-GAN runs with weight norm folded, everything under
 ``torch.inference_mode``. The contenders alternate within each round, so a busy machine slows both
-alike; each time is the best of ``--rounds`` rounds. The speed is audio seconds per compute second
-("x real time"); RTF is its inverse.
+alike; each time is the best of ``--rounds`` rounds, and the last column is the median over rounds of
+HiFi-GAN's time divided by the contender's, both timed in the same round. The speed is audio seconds
+per compute second ("x real time"); RTF is its inverse. The load average printed before and after
+says how busy the machine was.
 
 Vocos is timed twice: with its ISTFT's ``irfft`` (the default) and with the inverse-DFT matrix
 product that ONNX export uses (``ISTFT.use_dft_matmul``).
@@ -17,6 +19,8 @@ product that ONNX export uses (``ISTFT.use_dft_matmul``).
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import time
 from typing import Callable
 
@@ -67,12 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     models = _contenders()
     params = {name: sum(p.numel() for p in m.parameters()) / 1e6 for name, m in models.items()}
 
-    best = {name: float("inf") for name in models}
+    load_before = os.getloadavg()[0]
+    times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
         outputs = {name: model(mel) for name, model in models.items()}  # warm-up
         for _ in range(args.rounds):
             for name, model in models.items():
-                best[name] = min(best[name], _time(lambda: model(mel)))
+                times[name].append(_time(lambda: model(mel)))
+    best = {name: min(values) for name, values in times.items()}
     lengths = {tuple(out.shape) for out in outputs.values()}
     if len(lengths) != 1:
         raise RuntimeError(f"the generators disagree on the output shape: {lengths}")
@@ -80,15 +86,17 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"{audio_seconds:.2f} s of 24 kHz audio ({frames} frames x hop {HOP}, {NUM_MELS} mels), "
-        f"{args.threads} threads, best of {args.rounds} rounds, torch {torch.__version__}"
+        f"{args.threads} threads, best of {args.rounds} rounds, torch {torch.__version__}, "
+        f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     )
-    print("| generator | parameters (M) | time (s) | x real time | RTF | speed vs HiFi-GAN V1 |")
+    print("| generator | parameters (M) | best time (s) | x real time | RTF | speed vs HiFi-GAN V1 (median of rounds) |")
     print("|---|---|---|---|---|---|")
-    reference = best["HiFi-GAN V1"]
+    reference = times["HiFi-GAN V1"]
     for name, seconds in best.items():
+        ratio = statistics.median(r / t for r, t in zip(reference, times[name]))
         print(
             f"| {name} | {params[name]:.1f} | {seconds:.4f} | {audio_seconds / seconds:.1f} | "
-            f"{seconds / audio_seconds:.4f} | {reference / seconds:.1f}x |"
+            f"{seconds / audio_seconds:.4f} | {ratio:.1f}x |"
         )
     print(f"\nmax |irfft - DFT matmul| on this output: {difference:.1e}")
     return 0

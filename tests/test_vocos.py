@@ -407,3 +407,29 @@ def test_cosine_schedule_warms_up_linearly_and_resumes():
     resumed = cosine_schedule_with_warmup(torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1.0), 4, 14)
     resumed.load_state_dict(scheduler.state_dict())
     assert _learning_rates(resumed, 3) == _learning_rates(scheduler, 3)
+
+
+# --- the proposed configs ------------------------------------------------------------------------
+
+
+def test_vocos_tiny_generator_composes_and_vocodes_its_features(compose_cfg):
+    cfg = compose_cfg(["model=vocos_tiny", "features=vocos_24k"])
+    generator = instantiate(cfg.model.generator)
+    features = MelConfig.coerce(cfg.features)
+    assert isinstance(generator, VocosGenerator) and generator.hop_size == features.hop_size
+    assert sum(p.numel() for p in generator.parameters()) < 0.2e6
+    mel = MelSpectrogram(features)(torch.randn(2, 4096))
+    assert generator(mel).shape == (2, 1, mel.shape[-1] * features.hop_size)
+
+
+def test_vocos_experiment_has_the_published_recipe(compose_cfg):
+    cfg = compose_cfg(["experiment=vocos_mel_24k", "data.train_filelist=a.txt", "data.val_filelist=b.txt"])
+    assert MelConfig.coerce(cfg.features) == peer.read(PEER).features
+    assert (cfg.data.segment_size, cfg.data.batch_size) == (16384, 16)
+    assert cfg.model.adversarial_loss == "hinge" and cfg.model.lambda_mel == 45.0
+    generator = instantiate(cfg.model.generator)
+    assert sum(p.numel() for p in generator.parameters()) == pytest.approx(13.5e6, rel=0.01)
+    optimizer = instantiate(cfg.model.optimizer_g)(params=generator.parameters())
+    assert optimizer.defaults["lr"] == 5e-4 and tuple(optimizer.defaults["betas"]) == (0.8, 0.9)
+    scheduler = instantiate(cfg.model.scheduler_g)(optimizer)
+    assert scheduler.lr_lambdas[0].num_training_steps == cfg.trainer.max_steps == 1_000_000

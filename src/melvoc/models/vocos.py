@@ -173,8 +173,20 @@ class ISTFTHead(nn.Module):
         return self.istft(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
 
 
+def _depthwise(conv: nn.Conv1d, x: Tensor) -> Tensor:
+    """Vocos' depthwise ``Conv1d`` applied to ``(B, F, C)`` frames, returning ``(B, F, C)``.
+
+    The same convolution as 2-D over a channels-last view: the frame-major residual stream goes in and
+    comes out without the two transposed copies a ``Conv1d`` on ``(B, C, F)`` needs (about 9 ms of
+    copies against 0.15 ms of convolution per block at 10 s of audio on one CPU thread).
+    """
+    channels_last = x.transpose(1, 2).unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    y = F.conv2d(channels_last, conv.weight.unsqueeze(2), conv.bias, padding=(0, conv.padding[0]), groups=conv.groups)
+    return y.squeeze(2).transpose(1, 2)
+
+
 class ConvNeXtBlock(nn.Module):
-    """ConvNeXt block in 1-D: ``x + gamma * W2 gelu(W1 LayerNorm(dwconv7(x)))``. ``(B, dim, F) -> (B, dim, F)``.
+    """ConvNeXt block in 1-D: ``x + gamma * W2 gelu(W1 LayerNorm(dwconv7(x)))`` on ``(B, F, dim)`` frames.
 
     Args:
         dim: channels.
@@ -192,9 +204,8 @@ class ConvNeXtBlock(nn.Module):
         self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.norm(self.dwconv(x).transpose(1, 2))
-        y = self.gamma * self.pwconv2(self.act(self.pwconv1(y)))
-        return x + y.transpose(1, 2)
+        y = self.pwconv2(self.act(self.pwconv1(self.norm(_depthwise(self.dwconv, x)))))
+        return torch.addcmul(x, self.gamma, y)
 
 
 class VocosBackbone(nn.Module):
@@ -216,10 +227,10 @@ class VocosBackbone(nn.Module):
         self.apply(_init_weights)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.norm(self.embed(x).transpose(1, 2)).transpose(1, 2)
+        x = self.norm(self.embed(x).transpose(1, 2))
         for block in self.convnext:
             x = block(x)
-        return self.final_layer_norm(x.transpose(1, 2))
+        return self.final_layer_norm(x)
 
 
 def _init_weights(module: nn.Module) -> None:
