@@ -369,6 +369,21 @@ def test_float64_matches_float32():
     torch.testing.assert_close(double.float(), single, rtol=0, atol=1e-5)
 
 
+def test_autocast_runs_the_head_in_float32():
+    torch.manual_seed(0)
+    generator = VocosGenerator(**TINY)
+    mel = torch.randn(2, 20, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        audio = generator(mel)
+    assert audio.dtype == torch.float32 and torch.isfinite(audio).all()
+    audio.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in generator.parameters())
+    with torch.no_grad():
+        reference = generator(mel)
+    # bfloat16 keeps 8 bits of mantissa in the backbone: agreement to a few percent of the signal.
+    assert (audio.detach() - reference).abs().max() < 0.05 * reference.abs().max()
+
+
 def test_bad_generator_arguments_are_named():
     with pytest.raises(ValueError, match="adanorm_num_embeddings=4"):
         VocosGenerator(adanorm_num_embeddings=4)

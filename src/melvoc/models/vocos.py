@@ -153,6 +153,8 @@ class ISTFT(nn.Module):
 class ISTFTHead(nn.Module):
     """Linear map to log-magnitude and phase, then :class:`ISTFT`. ``(B, F, dim) -> (B, F * hop)``.
 
+    The output is float32 (float64 for float64 input), also under ``torch.autocast``.
+
     Args:
         dim: backbone width.
         n_fft: FFT size of the ISTFT; the linear layer predicts ``n_fft + 2`` values per frame
@@ -167,10 +169,15 @@ class ISTFTHead(nn.Module):
         self.istft = ISTFT(n_fft, hop_length, padding)
 
     def forward(self, x: Tensor) -> Tensor:
-        log_magnitude, phase = self.out(x).chunk(2, dim=-1)
-        # The clip guards against exp overflow early in training (Vocos' safeguard).
-        magnitude = torch.exp(log_magnitude).clamp(max=1e2)
-        return self.istft(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+        coefficients = self.out(x)
+        # exp, the phase and the inverse FFT run in float32 at least, also under autocast: half precision
+        # loses the phase, and the CPU FFT has no half or bfloat16 kernel.
+        coefficients = coefficients.to(torch.promote_types(coefficients.dtype, torch.float32))
+        with torch.autocast(coefficients.device.type, enabled=False):
+            log_magnitude, phase = coefficients.chunk(2, dim=-1)
+            # The clip guards against exp overflow early in training (Vocos' safeguard).
+            magnitude = torch.exp(log_magnitude).clamp(max=1e2)
+            return self.istft(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
 
 
 def _depthwise(conv: nn.Conv1d, x: Tensor) -> Tensor:
