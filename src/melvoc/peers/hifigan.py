@@ -32,7 +32,7 @@ from melvoc.peers import PeerCheckpoint, PeerCheckpointError
 __all__ = ["GENERATOR_TARGET", "MPD_TARGET", "MSD_TARGET", "matches", "read"]
 
 #: The melvoc class of the HiFi-GAN generator (one place, so that a rename is one line).
-GENERATOR_TARGET = "melvoc.models.generator.Generator"
+GENERATOR_TARGET = "melvoc.models.hifigan.HiFiGANGenerator"
 MPD_TARGET = "melvoc.models.discriminators.MultiPeriodDiscriminator"
 MSD_TARGET = "melvoc.models.discriminators.MultiScaleDiscriminator"
 #: jik876's MPD / MSD layer widths (hard-coded in its models.py).
