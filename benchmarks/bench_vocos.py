@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from melvoc.models.generator import Generator
+from melvoc.models.hifigan import HiFiGANGenerator as Generator
 from melvoc.models.vocos import VocosGenerator
 
 SAMPLING_RATE = 24000

@@ -135,7 +135,9 @@ class InitFromCheckpoint(Callback):
             "initialized the generator%s from %s (%s%s); optimizers and step counter start fresh",
             f" and discriminators {', '.join(discriminators)}" if discriminators else "",
             checkpoint.path,
-            "exported generator" if checkpoint.kind == "export" else "training checkpoint",
+            {"export": "exported generator", "lightning": "training checkpoint"}.get(
+                checkpoint.kind, f"official {checkpoint.kind.removeprefix('peer:')} checkpoint"
+            ),
             f", step {step}" if step is not None else "",
         )
         return {"generator": True, "discriminators": discriminators, "source": dict(checkpoint.metadata)}

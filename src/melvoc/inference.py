@@ -77,7 +77,8 @@ class GeneratorCheckpoint:
 
     Attributes:
         path: the file.
-        kind: ``"export"`` (a ``python -m melvoc.export`` file) or ``"lightning"`` (a training checkpoint).
+        kind: ``"export"`` (a ``python -m melvoc.export`` file), ``"lightning"`` (a training checkpoint)
+            or ``"peer:<family>"`` (an official HiFi-GAN, BigVGAN or Vocos checkpoint, :mod:`melvoc.peers`).
         features: the mel features the generator was trained on.
         generator: the generator node, ``{"_target_": ..., **arguments}``, ``num_mels`` included.
         generator_state: the generator's ``state_dict``; with weight norm (parametrised
@@ -108,7 +109,10 @@ def _torch_load(path: Path) -> Any:
         )
     if path.is_dir():
         raise CheckpointError(
-            f"{path}: is a folder, not a checkpoint file; give e.g. {path / 'checkpoints' / 'last.ckpt'}"
+            f"{path}: a folder of no known layout; expected a BigVGAN folder (config.json + "
+            "bigvgan_generator.pt), a HiFi-GAN folder (config.json + g_XXXXXXXX), a Vocos folder "
+            "(config.yaml + pytorch_model.bin), or give a file: a training checkpoint "
+            f"(e.g. {path / 'checkpoints' / 'last.ckpt'}) or a `python -m melvoc.export` file"
         )
     if not zipfile.is_zipfile(path):
         raise CheckpointError(
@@ -181,6 +185,9 @@ def read_checkpoint(path: str | os.PathLike) -> GeneratorCheckpoint:
         CheckpointError: the file is unreadable, not a melvoc checkpoint, or of a newer export format.
     """
     path = Path(path).expanduser()
+    peer = _read_peer(path)
+    if peer is not None:
+        return peer
     data = _torch_load(path)
     if not isinstance(data, Mapping):
         raise CheckpointError(f"{path}: holds a {type(data).__name__}, not a melvoc checkpoint dict")
@@ -239,8 +246,9 @@ def read_checkpoint(path: str | os.PathLike) -> GeneratorCheckpoint:
 
     if "generator" in data and isinstance(data["generator"], Mapping):
         hint = (
-            " It looks like a jik876/hifi-gan generator file (g_*), which carries no feature config; "
-            "melvoc loads only its own training checkpoints and exports."
+            " It looks like a jik876/hifi-gan or BigVGAN generator file, whose features and layout are "
+            "in the config.json beside it: put that config.json in the same folder (HiFi-GAN: g_XXXXXXXX; "
+            "BigVGAN: bigvgan_generator.pt) and give the file or the folder."
         )
     else:
         hint = ""
@@ -248,6 +256,35 @@ def read_checkpoint(path: str | os.PathLike) -> GeneratorCheckpoint:
         f"{path}: not a melvoc checkpoint (keys: {sorted(map(str, data))[:8]}); expected a training "
         f"checkpoint (.ckpt) or a file written by `python -m melvoc.export`.{hint}"
     )
+
+
+def _read_peer(path: Path) -> Optional[GeneratorCheckpoint]:
+    """A peer's official checkpoint (``melvoc.peers``) as a :class:`GeneratorCheckpoint`, or ``None``."""
+    from melvoc.peers import PeerCheckpointError, bigvgan, hifigan, vocos
+
+    for family in (bigvgan, hifigan, vocos):
+        if not family.matches(path):
+            continue
+        try:
+            peer = family.read(path)
+        except PeerCheckpointError as exc:
+            raise CheckpointError(str(exc)) from exc
+        discriminator_state = {
+            f"{name}.{key}": value
+            for name, state in (peer.discriminator_states or {}).items()
+            for key, value in state.items()
+        }
+        return GeneratorCheckpoint(
+            path=path,
+            kind=f"peer:{peer.family}",
+            features=peer.features,
+            generator=dict(peer.generator),
+            generator_state=dict(peer.generator_state),
+            weight_norm=any(k.endswith(_WEIGHT_NORM_SUFFIXES) for k in peer.generator_state),
+            discriminator_state=discriminator_state or None,
+            metadata={"checkpoint": str(path), "family": peer.family, **peer.metadata},
+        )
+    return None
 
 
 def build_generator(checkpoint: GeneratorCheckpoint, *, remove_weight_norm: bool = True) -> VocoderGenerator:
