@@ -1,0 +1,1 @@
+"""Objective vocoder metrics (placeholder, filled in below)."""
