@@ -37,16 +37,22 @@ def pesq(reference: Audio, predicted: Audio, sampling_rate: int) -> float:
     does after its own resampling to 16 kHz. At 16 kHz the value is the package's, bit for bit.
 
     Raises:
-        ValueError: the reference has no speech PESQ can detect (silence, pure noise) or is too
+        ValueError: either waveform is all zeros, or the reference has no speech PESQ can detect (silence, pure noise) or is too
             short (PESQ needs about 0.25 s); the message carries the package's reason.
     """
     ref = _mono16k(reference, sampling_rate, "reference")
     deg = _mono16k(predicted, sampling_rate, "predicted")
     n = min(ref.shape[0], deg.shape[0])
+    if not np.any(ref[:n]):
+        raise ValueError("pesq: the reference is silent (all zeros); PESQ needs speech in the reference")
+    if not np.any(deg[:n]):
+        # The pesq package fails with a NaN conversion error on an all-zero degraded signal.
+        raise ValueError("pesq: the prediction is silent (all zeros); PESQ is undefined for it")
     try:
         return float(pesq_package.pesq(PESQ_RATE, ref[:n], deg[:n], "wb"))
     except pesq_package.PesqError as error:
+        reason = error.args[0].decode() if error.args and isinstance(error.args[0], bytes) else str(error)
         raise ValueError(
-            f"pesq: {type(error).__name__}: {error} ({n / PESQ_RATE:.2f} s at 16 kHz); PESQ needs "
+            f"pesq: {type(error).__name__}: {reason} ({n / PESQ_RATE:.2f} s at 16 kHz); PESQ needs "
             "speech-like audio of at least about 0.25 s"
         ) from error
