@@ -115,12 +115,13 @@ def _scan(folder: Path, problems: list[str]) -> dict[str, Path]:
     return {stem: paths[0] for stem, paths in by_stem.items()}
 
 
-def _references(reference: Path, problems: list[str]) -> list[_Reference]:
+def _references(reference: Path, problems: list[str]) -> tuple[list[_Reference], set[str]]:
+    """The usable references, and the stems of all listed ones (usable or not)."""
     try:
         entries = read_source(reference)
     except AudioDataError as error:
         problems.append(str(error))
-        return []
+        return [], set()
     seen: dict[str, str] = {}
     refs = []
     for entry in entries:
@@ -138,7 +139,7 @@ def _references(reference: Path, problems: list[str]) -> list[_Reference]:
             problems.append(f"{entry.path}: silent reference (all samples are 0); remove it from the list")
             continue
         refs.append(_Reference(entry.name, info))
-    return refs
+    return refs, set(seen)
 
 
 def _unique_names(folders: Sequence[Path]) -> list[str]:
@@ -150,10 +151,9 @@ def _unique_names(folders: Sequence[Path]) -> list[str]:
     return names
 
 
-def _check_predictions(refs: list[_Reference], sets: list[SetResult], resample: bool,
+def _check_predictions(refs: list[_Reference], stems: set[str], sets: list[SetResult], resample: bool,
                        problems: list[str]) -> dict[tuple[str, str], AudioInfo]:
     infos: dict[tuple[str, str], AudioInfo] = {}
-    stems = {ref.name for ref in refs}
     for result in sets:
         for ref in refs:
             path = result.paths.get(ref.name)
@@ -221,12 +221,12 @@ def evaluate(
     if not predicted and not checkpoints:
         raise EvaluationError("nothing to score: give --predicted FOLDER and/or --checkpoint CKPT")
     problems: list[str] = []
-    refs = _references(Path(reference).expanduser(), problems)
+    refs, stems = _references(Path(reference).expanduser(), problems)
     folders = [Path(p).expanduser() for p in predicted]
     sets = [SetResult(name, folder) for name, folder in zip(_unique_names(folders), folders)]
     for result in sets:
         result.paths = _scan(result.folder, problems)
-    infos = _check_predictions(refs, sets, resample, problems)
+    infos = _check_predictions(refs, stems, sets, resample, problems)
     if problems or not refs:
         raise EvaluationError(
             _listing(f"{len(problems)} problem(s) with the inputs", problems or ["no reference audio"],
