@@ -441,7 +441,7 @@ def write_report(path: str | os.PathLike, reference: str | os.PathLike, sets: Se
         for name, audio, text in cells:
             parts.append("<td class='clip'>")
             if audio is not None:
-                parts.append(f"<audio controls preload='none' src='data:audio/wav;base64,{_wav_base64(audio, rate)}'></audio>")
+                parts.append(f"<audio controls preload='metadata' src='data:audio/wav;base64,{_wav_base64(audio, rate)}'></audio>")
                 parts.append(f"<img alt='{html.escape(name)} spectrogram' src='data:image/png;base64,{_spectrogram_base64(audio, rate)}'>")
             parts.append(f"<div class='vals'>{text}</div></td>")
         parts.append("</tr>")
