@@ -10,7 +10,11 @@ is the steadier number). ``--threads`` sets torch's intra-op threads.
 
 Values: periodicity and V/UV F1 with the full and the tiny CREPE on ``--clips`` speech-like clips,
 each degraded three ways (white noise at 10 and 30 dB SNR, a 3 kHz low-pass); prints both, and the
-mean absolute difference over clips. Prints markdown tables.
+mean absolute difference over clips.
+
+Callback: the seconds one scoring validation of ``QualityMetricsCallback`` (the proposed defaults:
+tiny CREPE, the first 4 clips) adds to a ``Trainer.validate`` over the demo's synthetic validation set.
+Prints markdown tables.
 """
 
 from __future__ import annotations
@@ -99,15 +103,62 @@ def values(clips: int) -> None:
               f"{mean['tiny']['vuv_f1']:.3f} (mean abs diff {diff['vuv_f1']:.3f}) |")
 
 
+def callback_cost(clips: int) -> None:
+    """Seconds one scoring validation adds with the proposed conf/callbacks/quality.yaml (tiny CREPE,
+    the first ``clips`` clips of the demo's synthetic validation set), timed in a real Trainer."""
+    import tempfile
+    import warnings
+
+    import lightning.pytorch as pl
+    import soundfile as sf
+    from torch.utils.data import DataLoader
+
+    from melvoc.callbacks.quality import QualityMetricsCallback
+    from melvoc.data.synthetic import SyntheticSpec, make_synthetic_dataset
+
+    with tempfile.TemporaryDirectory() as cache:
+        folder = make_synthetic_dataset(cache, SyntheticSpec(sampling_rate=SR))
+        lines = (folder / "val.txt").read_text().split()
+        audio = [torch.from_numpy(sf.read(folder / line.split("|")[0], dtype="float32")[0]) for line in lines]
+
+    def collate(items):
+        longest = max(a.shape[0] for a in items)
+        batch = torch.zeros(len(items), longest)
+        for row, item in enumerate(items):
+            batch[row, : item.shape[0]] = item
+        return {"audio": batch, "lengths": torch.tensor([a.shape[0] for a in items]),
+                "names": [f"val_{i}" for i in range(len(items))]}
+
+    class Noisy(pl.LightningModule):
+        def validation_step(self, batch, batch_idx):
+            return {"audio_hat": batch["audio"] + 0.003 * torch.randn_like(batch["audio"])}
+
+    seconds = {}
+    for label, callbacks in (("without", []), ("with", [QualityMetricsCallback(SR, clips=clips)])):
+        trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=callbacks,
+                             enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            start = time.perf_counter()
+            trainer.validate(Noisy(), DataLoader(audio, batch_size=1, collate_fn=collate), verbose=False)
+        seconds[label] = time.perf_counter() - start
+    scored = sum(a.shape[0] for a in audio[:clips]) / SR
+    print(f"\nquality callback (tiny CREPE, first {clips} of {len(audio)} validation clips, {scored:.1f} s of audio): "
+          f"+{seconds['with'] - seconds['without']:.1f} s per scoring validation "
+          f"({seconds['without']:.1f} s without, {seconds['with']:.1f} s with)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clips", type=int, default=6)
-    parser.add_argument("--skip-values", action="store_true", help="speed table only")
+    parser.add_argument("--skip-values", action="store_true", help="no full-vs-tiny value table")
+    parser.add_argument("--callback-clips", type=int, default=4, help="clips the callback cost is measured on")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     speed(args.seconds)
+    callback_cost(args.callback_clips)
     if not args.skip_values:
         values(args.clips)
 
