@@ -489,7 +489,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="reject predictions at another rate than their reference instead of resampling")
     parser.add_argument("--pitch-model", choices=CREPE_MODELS, default="full",
                         help="CREPE for periodicity / V/UV F1: full (the CARGAN/BigVGAN protocol) or tiny "
-                             "(about 10x faster on a CPU) (default: %(default)s)")
+                             "(about 15x less CPU time) (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device for CREPE and synthesis (default: %(default)s)")
     parser.add_argument("--synthesized-dir", type=Path, default=None,
                         help="keep the copy-synthesis of --checkpoint here (default: a temporary folder)")

@@ -41,7 +41,7 @@ class QualityMetricsCallback(Callback):
             validation set (by dataset index, the same clips on any number of ranks); a list of
             names (``batch["names"]`` entries).
         pitch_model: CREPE capacity for the pitch metrics, ``tiny`` (cheap) or ``full`` (the
-            CARGAN/BigVGAN protocol; about 40x the compute).
+            CARGAN/BigVGAN protocol; about 15x the CPU time).
         audio_key: batch key of the reference audio.
         output_key: key of the predicted audio in the step's output dict.
     """

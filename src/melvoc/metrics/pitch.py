@@ -181,7 +181,7 @@ def pitch_track(
     Args:
         audio: mono waveform ``(T,)`` in [-1, 1] (a ``(1, T)`` or ``(1, 1, T)`` tensor works too).
         sampling_rate: its rate in Hz; resampled to 16 kHz with soxr.
-        model: ``full`` (the protocol) or ``tiny`` (about 40x cheaper; see the README for how much
+        model: ``full`` (the protocol) or ``tiny`` (about 15x less CPU; see the README for how much
             it changes the metrics).
         batch_size: CREPE frames per forward pass (memory: about 1 MB per frame for ``full``).
         device: where CREPE runs.
