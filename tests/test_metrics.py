@@ -149,6 +149,21 @@ def test_freqt_warps_and_unwarps_a_cepstrum():
     assert order == 34 and 0.45 < alpha < 0.53
 
 
+def test_mel_cepstrum_agrees_with_pysptk(clips):
+    pysptk = pytest.importorskip("pysptk", reason="pysptk (SPTK wrapper, built from source) checks sp2mc/mcepalpha")
+    from melvoc.metrics.spectral import _mcep_alpha, mel_cepstrum
+
+    audio = clips["reference"][0].astype(np.float64)
+    order, alpha = mcep_params(SR)
+    frames = np.lib.stride_tricks.sliding_window_view(audio, 1024)[::256]
+    window = np.hamming(1024) / np.sqrt(np.sum(np.hamming(1024) ** 2))
+    power = np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2 + 1e-8
+    expected = np.stack([pysptk.sp2mc(p, order, alpha) for p in power])
+    np.testing.assert_allclose(mel_cepstrum(audio, SR), expected, atol=1e-12)
+    for rate in (16000, 32000, 44100):
+        assert _mcep_alpha(rate) == pytest.approx(pysptk.util.mcepalpha(rate), abs=1e-9)
+
+
 def test_mcd_scales_with_the_spectral_error(clips):
     ref = clips["reference"][1]
     # A gain moves c0, which MCD leaves out; only the 1e-8 periodogram floor of quiet bins notices it.
