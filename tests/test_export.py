@@ -139,7 +139,7 @@ def test_unusable_files_are_clear_errors(run, exported, tmp_path):
     with pytest.raises(CheckpointError, match=r"damaged\.pt: the weights do not fit"):
         load_generator(damaged)
 
-    with pytest.raises(CheckpointError, match="is a folder"):
+    with pytest.raises(CheckpointError, match="a folder of no known layout; expected a BigVGAN folder"):
         load_generator(tmp_path)
 
 

@@ -5,6 +5,8 @@
   processes) of every validation / test batch.
 * :class:`MediaCallback` (``media.py``) sends spectrogram pictures and audio of a few validation
   clips to the attached logger (TensorBoard, W&B, otherwise PNG / WAV files).
+* :class:`QualityMetricsCallback` (``quality.py``) logs ``val/pesq``, ``val/mstft``, ``val/mcd``,
+  ``val/periodicity`` and ``val/vuv_f1`` (:mod:`melvoc.metrics`) on a subset of clips every N validations.
 * :class:`MelLossCallback` is both in one callback, as it was before they were split: configs and
   code that name ``melvoc.callbacks.MelLossCallback`` keep working unchanged.
 
@@ -20,8 +22,9 @@ from typing import Any
 
 from melvoc.callbacks.media import MediaCallback
 from melvoc.callbacks.mel_metric import MelL1, MelMetricCallback
+from melvoc.callbacks.quality import QualityMetricsCallback
 
-__all__ = ["MediaCallback", "MelL1", "MelLossCallback", "MelMetricCallback"]
+__all__ = ["MediaCallback", "MelL1", "MelLossCallback", "MelMetricCallback", "QualityMetricsCallback"]
 
 
 class MelLossCallback(MelMetricCallback, MediaCallback):
