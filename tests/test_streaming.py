@@ -30,26 +30,52 @@ from tests.conftest import compose_config
 NARROW = {"upsample_initial_channel": 32}
 
 
-def hifigan(model: str, seed: int = 0, **overrides) -> nn.Module:
-    """The generator of ``conf/model/<model>.yaml`` (with ``overrides``), weights rescaled to an audible level.
+def lively(generator: nn.Module, config: MelConfig, seed: int = 0) -> nn.Module:
+    """``generator`` in eval mode, weight norm folded, convolution weights N(0, 1 / fan_in), ``.config`` set.
 
     HiFi-GAN's N(0, 0.01) init gives near-silent output, against which a 1e-4 bound says nothing;
-    N(0, 1 / fan_in) keeps the signal O(1) through the stack. Weight norm is folded in, eval mode.
+    N(0, 1 / fan_in) keeps the signal O(1) through the stack.
     """
+    generator = generator.remove_weight_norm().eval()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for module in generator.modules():
+            if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
+                fan_in = module.weight[0].numel() if isinstance(module, nn.Conv1d) else module.weight[:, 0].numel()
+                module.weight.normal_(0.0, 1.0 / math.sqrt(fan_in))
+    generator.config = config
+    return generator
+
+
+def hifigan(model: str, seed: int = 0, **overrides) -> nn.Module:
+    """The :func:`lively` generator of ``conf/model/<model>.yaml`` with ``overrides``."""
     cfg = compose_config([f"model={model}"])
     node = {**OmegaConf.to_container(cfg.model.generator, resolve=True), **overrides}
     node["num_mels"] = cfg.features.num_mels
     # Before the generic training module lands, the model YAML names no generator _target_.
     generator_class = get_class(node.pop("_target_", "melvoc.models.generator.Generator"))
-    generator = generator_class(**node).remove_weight_norm().eval()
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for module in generator.modules():
-            if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
-                fan_in = module.weight.shape[1 if isinstance(module, nn.Conv1d) else 0] * module.kernel_size[0]
-                module.weight.normal_(0.0, 1.0 / math.sqrt(fan_in))
-    generator.config = MelConfig.coerce(cfg.features)
-    return generator
+    return lively(generator_class(**node), MelConfig.coerce(cfg.features), seed)
+
+
+def _default_features() -> MelConfig:
+    return MelConfig.coerce(compose_config([]).features)
+
+
+def bigvgan() -> nn.Module:
+    """BigVGAN v2's layout (6 stages, AMP blocks, anti-aliased SnakeBeta) at 64 channels, 80 mels."""
+    module = pytest.importorskip("melvoc.models.bigvgan", reason="melvoc.models.bigvgan has not landed")
+    return lively(module.BigVGANGenerator(num_mels=80, upsample_initial_channel=64), _default_features())
+
+
+def vocos(padding: str) -> nn.Module:
+    """Vocos' layout (embedding conv, 3 ConvNeXt blocks, ISTFT head n_fft 1024, hop 256) at width 32, 80 mels."""
+    module = pytest.importorskip("melvoc.models.vocos", reason="melvoc.models.vocos has not landed")
+    generator = module.VocosGenerator(num_mels=80, dim=32, intermediate_dim=64, num_layers=3, padding=padding)
+    return lively(generator, _default_features())
+
+
+#: The families besides HiFi-GAN, built on demand (skipped, with the reason, where a family is absent).
+OTHER_FAMILIES = {"bigvgan": bigvgan, "vocos_same": lambda: vocos("same"), "vocos_center": lambda: vocos("center")}
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +125,22 @@ def test_computed_field_is_exactly_the_frames_an_impulse_reaches(model, override
     at = field.left + 5
     frames = at + field.right + 6
     assert _frames_read(generator, frames, at) == list(range(at - field.left, at + field.right + 1))
+
+
+@pytest.mark.parametrize("family", OTHER_FAMILIES)
+def test_other_families_stream_exactly_over_their_computed_field(family):
+    generator = OTHER_FAMILIES[family]()
+    field = receptive_field(generator)
+    at = field.left + 3
+    frames = at + field.right + 4
+    assert _frames_read(generator, frames, at) == list(range(at - field.left, at + field.right + 1))
+    torch.manual_seed(5)
+    mel = torch.randn(2, 80, 30)
+    with torch.inference_mode():
+        whole = generator(mel)[:, 0]
+    assert whole.abs().max() > 0.01
+    for chunk in (1, 4, 30):
+        torch.testing.assert_close(StreamingVocoder(generator).vocode(mel, chunk), whole, rtol=0, atol=1e-4)
 
 
 def test_the_published_configs_have_the_fields_of_their_layouts():

@@ -3,26 +3,27 @@
 The audio of mel frame ``t`` (samples ``t * hop ... (t + 1) * hop - 1``) depends on mel frames
 ``t - left ... t + right``: the generator's receptive field. :class:`StreamingVocoder` emits frame ``t``
 once frame ``t + right`` has arrived (``right`` is its look-ahead), and runs the generator on the new
-frames plus ``left`` frames of past context and the ``right`` frames of look-ahead; convolutions pad
-with zeros at the edges of that window, and the field is exactly the set of inputs whose values reach
+frames plus ``left`` frames of past context and the ``right`` frames of look-ahead; layers pad
+(zeros, or replicate) at the edges of that window, and the field is exactly the set of inputs whose values reach
 the emitted samples, so the emitted samples never see those edges. At the true start and end of the
 utterance the window edge IS the utterance edge, padded as in a whole-utterance call.
 
 The field is computed from the architecture, not measured: :func:`receptive_field` describes the
 generator as a chain of spans (:class:`Conv`, :class:`ConvTranspose`, :class:`Series`,
 :class:`Parallel`), reading kernel, stride, dilation and padding from its layers, and walks the
-audio of one frame back through it to the mel frames it reads. A family supplies its description in
-one of two ways:
+audio of one frame back through it to the mel frames it reads. HiFi-GAN, BigVGAN (its anti-aliased
+activations: 2x zero-stuffing transposed conv and 2x strided low-pass, 12 taps each) and Vocos
+(embedding and depthwise ConvNeXt convs; the ISTFT's overlap-add as a transposed conv of ``n_fft``
+taps and stride ``hop``) are described here. Another family supplies its description in one of two
+ways:
 
 * a method on the generator class, ``receptive_field_layers(self) -> Span``, or
-* ``@register_family("ClassName")`` on a function ``(generator) -> Span`` (as HiFi-GAN below).
+* ``@register_family("ClassName")`` on a function ``(generator) -> Span``.
 
-For example, BigVGAN's anti-aliased activation (2x up, Snake, 2x down, 12-tap sinc filters) is
-``Series((ConvTranspose(12, 2, p_up), Conv(12, 2, padding=p_down)))`` around every AMP-block
-convolution (``p_up``/``p_down``: its pads and crops, in left-side samples; a crop is a negative
-padding); Vocos is ``Series((Conv(7, padding=3), *[Conv(7, padding=3)] * layers,
-ConvTranspose(n_fft, hop, padding=pad)))``, its ISTFT overlap-add being a transposed convolution of
-stride ``hop`` with an ``n_fft``-tap window.
+The window edges stay harmless only if a position outside the window also reads some input outside
+it, which holds for layers centred on their own position: "same"-padded convolutions, transposed
+convolutions with padding ``(kernel - stride) / 2``, centred resamplers and ISTFTs; the tests check
+chunked == whole for every family.
 """
 
 from __future__ import annotations
@@ -198,19 +199,42 @@ def register_family(class_name: str) -> Callable[[Callable[[nn.Module], Span]], 
     return register
 
 
+def _anti_aliased(activation: nn.Module) -> Span:
+    """BigVGAN's AntiAliasedActivation: replicate pad, zero-stuffing transposed conv, crop; pad, strided low-pass.
+
+    The pads and crops are those of ``AntiAliasedActivation.upsample``/``downsample`` (melvoc.models.activations).
+    """
+    k, r = activation.kernel_size, activation.ratio
+    pad = k // r - 1
+    up = Series((Conv(1, padding=pad), ConvTranspose(k, r), Conv(1, padding=-(pad * r + (k - r) // 2))))
+    return Series((up, Conv(k, stride=r, padding=k // 2 - 1)))
+
+
+def _activation(activations: Optional[nn.ModuleList], index: int) -> Span:
+    # HiFi-GAN's leaky ReLUs are pointwise (the identity span); BigVGAN's resample around the activation.
+    return Series() if activations is None else _anti_aliased(activations[index])
+
+
+@register_family("BigVGANGenerator")
 @register_family("HiFiGANGenerator")
 @register_family("Generator")
-def _hifigan(generator: nn.Module) -> Span:
-    """HiFi-GAN: conv_pre; per stage, a transposed conv then the mean of parallel residual blocks; conv_post.
+def _hifigan_layout(generator: nn.Module) -> Span:
+    """HiFi-GAN and BigVGAN: conv_pre; per stage, a transposed conv then the mean of parallel residual blocks;
+    (BigVGAN: an activation) conv_post.
 
-    A type-1 block step is ``x + conv2(lrelu(conv_d(lrelu(x))))``, a type-2 step ``x + conv_d(lrelu(x))``.
+    A type-1 block step is ``x + conv2(act(conv_d(act(x))))``, a type-2 step ``x + conv_d(act(x))``.
     """
 
     def block(module: nn.Module) -> Span:
         if hasattr(module, "convs1"):
-            steps = [Series((conv_span(c1), conv_span(c2))) for c1, c2 in zip(module.convs1, module.convs2)]
+            acts1, acts2 = getattr(module, "acts1", None), getattr(module, "acts2", None)
+            steps = [
+                Series((_activation(acts1, i), conv_span(c1), _activation(acts2, i), conv_span(c2)))
+                for i, (c1, c2) in enumerate(zip(module.convs1, module.convs2))
+            ]
         else:
-            steps = [conv_span(c) for c in module.convs]
+            acts = getattr(module, "acts", None)
+            steps = [Series((_activation(acts, i), conv_span(c))) for i, c in enumerate(module.convs)]
         return Series(tuple(Parallel((Series(), step)) for step in steps))
 
     per_stage = generator.num_kernels
@@ -219,8 +243,20 @@ def _hifigan(generator: nn.Module) -> Span:
         layers.append(conv_span(up))
         blocks = generator.resblocks[i * per_stage : (i + 1) * per_stage]
         layers.append(Parallel(tuple(block(b) for b in blocks)))
+    if hasattr(generator, "activation_post"):
+        layers.append(_anti_aliased(generator.activation_post))
     layers.append(conv_span(generator.conv_post))
     return Series(tuple(layers))
+
+
+@register_family("VocosGenerator")
+def _vocos(generator: nn.Module) -> Span:
+    """Vocos: the embedding conv and one depthwise conv per ConvNeXt block (the rest is per frame), then the
+    ISTFT, whose overlap-add is a transposed conv of ``n_fft`` taps, stride ``hop`` and the head's padding."""
+    istft = generator.head.istft
+    backbone = generator.backbone
+    convs = [conv_span(backbone.embed), *(conv_span(block.dwconv) for block in backbone.convnext)]
+    return Series((*convs, ConvTranspose(istft.n_fft, istft.hop_length, istft.pad)))
 
 
 def receptive_field(generator: nn.Module) -> ReceptiveField:
