@@ -4,6 +4,7 @@ and the synthesis benchmark's smoke mode."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from melvoc.onnx_export import (
 )
 from melvoc.streaming import MelInputError
 from tests._trained import _one_thread, run  # noqa: F401 (fixtures)
-from tests.test_streaming import NARROW, hifigan
+from tests.test_streaming import NARROW, OTHER_FAMILIES, hifigan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,7 +45,7 @@ def _assert_matches_torch(generator: torch.nn.Module, vocoder: OnnxVocoder, leng
             expected = generator(mel)
         got = vocoder(mel)
         assert got.shape == expected.shape == (batch, 1, frames * generator.hop_size)
-        assert expected.abs().max() > 0.1
+        assert expected.abs().max() > 0.01
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
         # numpy in, numpy out
         np.testing.assert_allclose(vocoder(mel.numpy()), expected.numpy(), rtol=0, atol=1e-4)
@@ -59,6 +60,12 @@ def test_onnx_runtime_matches_torch_at_two_lengths_and_a_batch(tiny_onnx, optimi
 @pytest.mark.parametrize("model", ["hifigan_v1", "hifigan_v3"])
 def test_published_layouts_export(model, tmp_path):
     generator = hifigan(model, **NARROW)
+    _assert_matches_torch(generator, OnnxVocoder(export_onnx(generator, tmp_path / "g.onnx"), threads=1), batch=2)
+
+
+@pytest.mark.parametrize("family", OTHER_FAMILIES)
+def test_other_families_export(family, tmp_path):
+    generator = OTHER_FAMILIES[family]()
     _assert_matches_torch(generator, OnnxVocoder(export_onnx(generator, tmp_path / "g.onnx"), threads=1), batch=2)
 
 
@@ -132,9 +139,8 @@ def test_export_cli_writes_onnx_by_suffix(run, tmp_path, capsys):
     vocoder = OnnxVocoder(out, config=run.features, threads=1)
     mel = torch.stack([run.val_mel[name][:, :40] for name in sorted(run.val_mel)])
     with torch.inference_mode():
-        expected = generator(mel)
-    torch.testing.assert_close(vocoder(mel), expected, rtol=0, atol=1e-4)
-    torch.testing.assert_close(vocoder(mel[:1, :, :13]), expected[:1, :, : 13 * 256], rtol=0, atol=1e-4)
+        torch.testing.assert_close(vocoder(mel), generator(mel), rtol=0, atol=1e-4)
+        torch.testing.assert_close(vocoder(mel[:1, :, :13]), generator(mel[:1, :, :13]), rtol=0, atol=1e-4)
     # .pt stays the torch export.
     assert export_main([str(run.checkpoint), str(tmp_path / "generator.pt")]) == 0
     assert "M parameters" in capsys.readouterr().out
@@ -153,15 +159,15 @@ def test_export_without_onnx_says_what_to_install(run, tmp_path, capsys, monkeyp
 
 def test_benchmark_smoke_mode_runs_every_backend(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench_synthesis.py"), "--smoke", "--json", str(tmp_path / "r.json")],
+        [sys.executable, str(REPO / "benchmarks" / "bench_synthesis.py"), "--smoke", "--threads", "1",
+         "--json", str(tmp_path / "r.json")],
         capture_output=True, text=True, timeout=600, cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    import json
-
     rows = json.loads((tmp_path / "r.json").read_text())
-    backends = {(row["model"], row["backend"]) for row in rows}
+    timed = {(row["model"], row["backend"]) for row in rows if row["times"] and row["rtf"] > 0}
     for model in ("hifigan_v1", "hifigan_v2", "hifigan_v3"):
-        assert {(model, "eager"), (model, "onnxruntime")} <= backends
-    assert all(row["rtf"] > 0 or row.get("error") for row in rows)
+        assert {(model, "eager"), (model, "onnxruntime-basic"), (model, "onnxruntime-all")} <= timed
+    # Every other row says why it has no time (a family not landed yet, compile skipped in smoke mode).
+    assert all(row["error"] for row in rows if (row["model"], row["backend"]) not in timed)
     assert "real-time factor" in result.stdout
