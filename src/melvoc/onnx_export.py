@@ -15,11 +15,13 @@ convolutions trace to a static graph. The torch.export-based exporter would also
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -69,6 +71,49 @@ def _require(module: str) -> Any:
         return __import__(module)
     except ImportError as exc:
         raise OnnxDependencyError(f"ONNX export and inference need the {module!r} package: {INSTALL_HINT}") from exc
+
+
+class _RealISTFT(nn.Module):
+    """Vocos' ISTFT with ``irfft`` as two matrix products over a real DFT basis: ONNX has no complex tensors.
+
+    ``irfft(re + i im)[t] = sum_k w_k (re_k cos(2 pi k t / n) - im_k sin(2 pi k t / n)) / n`` with ``w = 1`` for
+    the DC and Nyquist bins (whose imaginary parts irfft ignores) and 2 for the others; windowing,
+    overlap-add and the envelope are the wrapped ISTFT's own.
+    """
+
+    def __init__(self, istft: nn.Module) -> None:
+        super().__init__()
+        self.istft = istft
+        n = istft.n_fft
+        bins = torch.arange(n // 2 + 1, dtype=torch.float64)
+        angle = 2 * math.pi * bins[:, None] * torch.arange(n, dtype=torch.float64) / n
+        weight = torch.full((n // 2 + 1, 1), 2.0, dtype=torch.float64)
+        weight[0] = 1.0
+        if n % 2 == 0:
+            weight[-1] = 1.0
+        device = istft.window.device
+        self.register_buffer("cos", (weight * torch.cos(angle) / n).float().to(device), persistent=False)
+        self.register_buffer("sin", (-weight * torch.sin(angle) / n).float().to(device), persistent=False)
+
+    def forward(self, real: Tensor, imag: Tensor) -> Tensor:
+        frames = real @ self.cos + imag @ self.sin
+        window = self.istft.window.to(frames.dtype)
+        return self.istft._overlap_add(frames * window) / self.istft._envelope(frames.shape[1], window)
+
+
+@contextlib.contextmanager
+def _exportable(generator: nn.Module) -> Iterator[None]:
+    """Swap in export-friendly equivalents of the layers the TorchScript exporter cannot trace, then restore them."""
+    if type(generator).__name__ != "VocosGenerator":
+        yield
+        return
+    head = generator.head
+    istft = head.istft
+    head.istft = _RealISTFT(istft)
+    try:
+        yield
+    finally:
+        head.istft = istft
 
 
 def _metadata(generator: nn.Module, config: MelConfig) -> dict[str, str]:
@@ -134,7 +179,7 @@ def export_onnx(
     example = torch.zeros(1, generator.num_mels, 16, dtype=parameter.dtype, device=parameter.device)
     buffer = io.BytesIO()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _exportable(generator):
             # torch deprecates the TorchScript exporter in favour of one that needs onnxscript; this one
             # needs nothing more, so its deprecation notice is not the user's concern.
             warnings.filterwarnings("ignore", category=DeprecationWarning)
