@@ -14,7 +14,9 @@ Backends (interleaved round by round, on the same input, after ``--warmup`` call
 * ``eager``: ``generator(mel)`` under ``torch.inference_mode``, ``torch.set_num_threads(threads)``;
 * ``compile``: ``torch.compile(generator)`` (inductor, static shape); where compiling fails the error
   is shown; not run with ``--smoke`` (compiling takes minutes);
-* ``onnxruntime`` at each ``--ort-levels`` graph optimisation level, ``intra_op_num_threads=threads``.
+* ``onnxruntime`` at each ``--ort-levels`` graph optimisation level, ``intra_op_num_threads=threads``;
+* ``stream-N``: :class:`melvoc.streaming.StreamingVocoder` in eager mode, ``--chunk-frames`` N frames per
+  chunk (each chunk recomputes the receptive field's context, so it costs more than one whole call).
 
 Columns: ``RTF`` = compute time / audio duration (median over rounds; lower is faster) and ``xRT`` =
 its inverse, the "times real time" the HiFi-GAN and Vocos papers print; ``vs eager`` is eager's median
@@ -143,6 +145,17 @@ def backends(
         return out
 
     calls["eager"] = eager
+    if "stream" in args.backends:
+        from melvoc.streaming import StreamingVocoder
+
+        stream = StreamingVocoder(generator)
+
+        def streamed():
+            out = stream.vocode(mel, args.chunk_frames)
+            _sync(device)
+            return out
+
+        calls[f"stream-{args.chunk_frames}"] = streamed
     if "compile" in args.backends and not args.smoke:
         try:
             compiled = torch.compile(generator, dynamic=False)
@@ -224,8 +237,9 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--backends", nargs="+", default=["eager", "compile", "onnxruntime"],
-                        choices=["eager", "compile", "onnxruntime"])
+    parser.add_argument("--backends", nargs="+", default=["eager", "compile", "onnxruntime", "stream"],
+                        choices=["eager", "compile", "onnxruntime", "stream"])
+    parser.add_argument("--chunk-frames", type=int, default=32, help="frames per chunk of the stream backend")
     parser.add_argument("--ort-levels", nargs="+", default=["basic", "all"],
                         choices=["disable", "basic", "extended", "all"])
     parser.add_argument("--seconds", type=float, default=5.0, help="audio per call (default: %(default)s)")

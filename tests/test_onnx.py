@@ -178,7 +178,7 @@ def test_benchmark_smoke_mode_runs_every_backend(tmp_path):
     rows = json.loads((tmp_path / "r.json").read_text())
     timed = {(row["model"], row["backend"]) for row in rows if row["times"] and row["rtf"] > 0}
     for model in ("hifigan_v1", "hifigan_v2", "hifigan_v3"):
-        assert {(model, "eager"), (model, "onnxruntime-basic"), (model, "onnxruntime-all")} <= timed
+        assert {(model, "eager"), (model, "stream-32"), (model, "onnxruntime-basic"), (model, "onnxruntime-all")} <= timed
     # Every other row says why it has no time (a family not landed yet, compile skipped in smoke mode).
     assert all(row["error"] for row in rows if (row["model"], row["backend"]) not in timed)
     assert "real-time factor" in result.stdout
