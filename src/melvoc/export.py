@@ -7,6 +7,9 @@ Load it with :func:`melvoc.load_generator`; it gives the same output as the chec
 
     python -m melvoc.export logs/train/runs/<run>/checkpoints/last.ckpt generator.pt
     python -m melvoc.synthesize --checkpoint generator.pt clip.wav
+
+An output ending in ``.onnx`` is written as an ONNX graph instead (:mod:`melvoc.onnx_export`; needs
+``pip install 'melvoc[onnx]'``).
 """
 
 from __future__ import annotations
@@ -67,9 +70,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ),
     )
     parser.add_argument("checkpoint", type=Path, help="training checkpoint (.ckpt) or an exported generator")
-    parser.add_argument("output", type=Path, help="file to write, e.g. generator.pt")
+    parser.add_argument("output", type=Path,
+                        help="file to write: generator.pt (torch), or vocoder.onnx (ONNX graph, dynamic batch "
+                             "and frame axes, feature config in its metadata)")
     parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     args = parser.parse_args(argv)
+    if args.output.suffix.lower() == ".onnx":
+        return _main_onnx(args.checkpoint, args.output, args.force)
     try:
         output = export_generator(args.checkpoint, args.output, overwrite=args.force)
     except (FileNotFoundError, FileExistsError, IsADirectoryError, CheckpointError) as exc:
@@ -82,6 +89,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(
         f"{output}: {family}, {params / 1e6:.2f} M parameters, {_size(output)} "
         f"(from {args.checkpoint}, {_size(args.checkpoint)})\n"
+        f"  features: {features.sampling_rate} Hz, {features.num_mels} mels, hop {features.hop_size}, "
+        f"n_fft {features.n_fft}, fmax {features.fmax}"
+    )
+    return 0
+
+
+def _main_onnx(checkpoint: Path, output: Path, force: bool) -> int:
+    from melvoc.onnx_export import ONNX_OPSET, OnnxDependencyError, OnnxVocoder, export_onnx
+
+    try:
+        export_onnx(checkpoint, output, overwrite=force)
+        vocoder = OnnxVocoder(output)
+    except (FileNotFoundError, FileExistsError, IsADirectoryError, CheckpointError, OnnxDependencyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    features = vocoder.config
+    print(
+        f"{output}: ONNX opset {ONNX_OPSET}, {_size(output)}, mel (batch, {vocoder.num_mels}, frames) -> "
+        f"audio (batch, 1, frames * {vocoder.hop_size}) (from {checkpoint})\n"
         f"  features: {features.sampling_rate} Hz, {features.num_mels} mels, hop {features.hop_size}, "
         f"n_fft {features.n_fft}, fmax {features.fmax}"
     )

@@ -19,6 +19,11 @@ own ``frames * hop_size`` samples. The generator sees the padding within its rec
 last few frames of the shorter files of a batch differ slightly from their unbatched synthesis;
 batches pay off on a GPU with many short files. With the default of 1 every output depends on its
 input alone.
+
+Streaming (``--chunk-frames N``): each mel is vocoded N frames at a time by
+:class:`melvoc.streaming.StreamingVocoder`, which gives each chunk the context the generator's
+receptive field needs; the audio equals the default synthesis to float rounding, and the look-ahead
+and time per chunk are logged.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from melvoc.data.dataset import read_mel_tensor, silence_log_mel
 from melvoc.data.io import AUDIO_EXTENSIONS, AudioDataError, AudioInfo, audio_info, read_audio, resampled_length
 from melvoc.features import MelConfig, MelSpectrogram, min_audio_length
 from melvoc.inference import CheckpointError, load_generator
+from melvoc.streaming import StreamingVocoder
 
 __all__ = [
     "MEL_EXTENSIONS",
@@ -296,6 +302,7 @@ def synthesize(
     resample: bool = True,
     peak_normalize: Optional[float] = None,
     progress: Optional[bool] = None,
+    chunk_frames: Optional[int] = None,
 ) -> list[Path]:
     """Vocode ``inputs`` (audio or mel files, or folders) with the generator in ``checkpoint``.
 
@@ -312,6 +319,8 @@ def synthesize(
         peak_normalize: scale each audio input to this peak first, as ``data.peak_normalize`` did
             in training (HiFi-GAN recipes: 0.95), or ``None``.
         progress: show a tqdm bar (``None``: only on a terminal).
+        chunk_frames: stream each mel through :class:`~melvoc.streaming.StreamingVocoder` this many
+            frames at a time (same audio to float rounding), or ``None`` for one call per batch.
 
     Returns:
         The written WAV files, in the order of ``inputs``.
@@ -324,6 +333,8 @@ def synthesize(
         raise SynthesisError(f"--batch-size {batch_size}: must be >= 1")
     if peak_normalize is not None and not 0 < peak_normalize <= 1:
         raise SynthesisError(f"--peak-normalize {peak_normalize}: must be in (0, 1]")
+    if chunk_frames is not None and chunk_frames < 1:
+        raise SynthesisError(f"--chunk-frames {chunk_frames}: the chunk size must be >= 1 mel frame")
     if subtype not in SUBTYPES:
         raise SynthesisError(f"--subtype {subtype!r}: must be one of {', '.join(SUBTYPES)}")
     torch_device = resolve_device(device)
@@ -335,6 +346,7 @@ def synthesize(
     pad_value = silence_log_mel(config)
     hop = config.hop_size
     log.info("synthesizing %d file(s) on %s into %s", len(items), torch_device, output_dir)
+    stream = None if chunk_frames is None else StreamingVocoder(generator)
 
     # disable=None: tqdm shows the bar only on a terminal.
     disable = None if progress is None else not progress
@@ -347,12 +359,22 @@ def synthesize(
                 stacked = torch.full((len(mels), config.num_mels, longest), pad_value, device=torch_device)
                 for row, mel in zip(stacked, mels):
                     row[:, : mel.shape[-1]] = mel
-                audio = generator(stacked).squeeze(1).float().cpu().numpy()
+                if stream is None:
+                    audio = generator(stacked).squeeze(1).float().cpu().numpy()
+                else:
+                    audio = stream.vocode(stacked, chunk_frames).float().cpu().numpy()
                 for item, mel, row in zip(batch, mels, audio):
                     sf.write(item.output, row[: mel.shape[-1] * hop], config.sampling_rate, subtype=subtype)
                     bar.update(1)
     finally:
         bar.close()
+    if stream is not None:
+        stats = stream.stats
+        log.info(
+            "streaming: chunks of %d frames, look-ahead %d frames (%.1f ms), %d chunks, %.1f ms per chunk "
+            "(max %.1f ms)", chunk_frames, stats.lookahead_frames, 1e3 * (stats.lookahead_seconds or 0.0),
+            stats.chunks, 1e3 * stats.mean_chunk_seconds, 1e3 * stats.max_chunk_seconds,
+        )
     return [item.output for item in items]
 
 
@@ -396,12 +418,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--peak-normalize", type=float, default=None, metavar="PEAK",
                         help="scale audio inputs to this peak first, as data.peak_normalize in training "
                              "(e.g. 0.95 for the HiFi-GAN recipes; default: off)")
+    parser.add_argument("--chunk-frames", type=int, default=None, metavar="N",
+                        help="stream each mel N frames at a time, with the context the generator's receptive "
+                             "field needs (same audio as without it; logs look-ahead and time per chunk)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if args.chunk_frames is not None and not args.quiet:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         written = synthesize(
             args.checkpoint,
@@ -413,6 +440,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             resample=args.resample,
             peak_normalize=args.peak_normalize,
             progress=False if args.quiet else None,
+            chunk_frames=args.chunk_frames,
         )
     except (FileNotFoundError, CheckpointError, SynthesisError, AudioDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
