@@ -103,8 +103,7 @@ def build(name: str, smoke: bool) -> tuple[nn.Module, MelConfig]:
     if kind == "model":
         cfg = _compose([f"model={target}", f"features={preset}"])
         node = OmegaConf.to_container(cfg.model.generator, resolve=True)
-        # Before the generic training module lands, the model YAML names no generator _target_.
-        cls = get_class(node.pop("_target_", "melvoc.models.generator.Generator"))
+        cls = get_class(node.pop("_target_"))
     else:
         module, _, cls_name = target.rpartition(".")
         try:

@@ -63,18 +63,7 @@ def test_published_layouts_export(model, tmp_path):
     _assert_matches_torch(generator, OnnxVocoder(export_onnx(generator, tmp_path / "g.onnx"), threads=1), batch=2)
 
 
-# BigVGAN's AntiAliasedActivation expands its filter to x.size(1) channels in forward; the TorchScript
-# exporter traces that size as a graph value, so the resampling convolutions get a kernel of unknown shape.
-# Expanding to the activation's own channel count (known at construction) exports and matches torch.
-_BIGVGAN_ONNX = pytest.mark.xfail(
-    strict=True, raises=torch.onnx.errors.SymbolicValueError,
-    reason="melvoc.models.activations: filter expanded to x.size(1) (see comment above)",
-)
-
-
-@pytest.mark.parametrize(
-    "family", [pytest.param(f, marks=_BIGVGAN_ONNX) if f == "bigvgan" else f for f in OTHER_FAMILIES]
-)
+@pytest.mark.parametrize("family", list(OTHER_FAMILIES))
 def test_other_families_export(family, tmp_path):
     generator = OTHER_FAMILIES[family]()
     _assert_matches_torch(generator, OnnxVocoder(export_onnx(generator, tmp_path / "g.onnx"), threads=1), batch=2)

@@ -13,6 +13,8 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from melvoc.features import MelConfig
+from melvoc.models.bigvgan import BigVGANGenerator
+from melvoc.models.vocos import VocosGenerator
 from melvoc.streaming import (
     Conv,
     ConvTranspose,
@@ -52,8 +54,7 @@ def hifigan(model: str, seed: int = 0, **overrides) -> nn.Module:
     cfg = compose_config([f"model={model}"])
     node = {**OmegaConf.to_container(cfg.model.generator, resolve=True), **overrides}
     node["num_mels"] = cfg.features.num_mels
-    # Before the generic training module lands, the model YAML names no generator _target_.
-    generator_class = get_class(node.pop("_target_", "melvoc.models.generator.Generator"))
+    generator_class = get_class(node.pop("_target_"))
     return lively(generator_class(**node), MelConfig.coerce(cfg.features), seed)
 
 
@@ -63,18 +64,16 @@ def _default_features() -> MelConfig:
 
 def bigvgan() -> nn.Module:
     """BigVGAN v2's layout (6 stages, AMP blocks, anti-aliased SnakeBeta) at 64 channels, 80 mels."""
-    module = pytest.importorskip("melvoc.models.bigvgan", reason="melvoc.models.bigvgan has not landed")
-    return lively(module.BigVGANGenerator(num_mels=80, upsample_initial_channel=64), _default_features())
+    return lively(BigVGANGenerator(num_mels=80, upsample_initial_channel=64), _default_features())
 
 
 def vocos(padding: str) -> nn.Module:
     """Vocos' layout (embedding conv, 3 ConvNeXt blocks, ISTFT head n_fft 1024, hop 256) at width 32, 80 mels."""
-    module = pytest.importorskip("melvoc.models.vocos", reason="melvoc.models.vocos has not landed")
-    generator = module.VocosGenerator(num_mels=80, dim=32, intermediate_dim=64, num_layers=3, padding=padding)
+    generator = VocosGenerator(num_mels=80, dim=32, intermediate_dim=64, num_layers=3, padding=padding)
     return lively(generator, _default_features())
 
 
-#: The families besides HiFi-GAN, built on demand (skipped, with the reason, where a family is absent).
+#: The families besides HiFi-GAN, built on demand.
 OTHER_FAMILIES = {"bigvgan": bigvgan, "vocos_same": lambda: vocos("same"), "vocos_center": lambda: vocos("center")}
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -118,6 +120,10 @@ class AntiAliasedActivation(nn.Module):
         if kernel_size < 2 * self.ratio or kernel_size % 2:
             raise ValueError(f"anti-aliasing kernel_size {kernel_size}: must be even and >= {2 * self.ratio}")
         self.act = activation
+        # The channel count known at construction (Snake's alpha), so that the ONNX exporter traces a
+        # constant kernel shape; x.size(1) would become a graph value ("kernel of unknown shape").
+        alpha = getattr(activation, "alpha", None)
+        self.channels: Optional[int] = int(alpha.numel()) if isinstance(alpha, Tensor) else None
         self.kernel_size = int(kernel_size)
         taps = kaiser_sinc_filter(0.5 / self.ratio, 0.6 / self.ratio, self.kernel_size)
         self.register_buffer("filter", taps.to(torch.float32).view(1, 1, -1), persistent=False)
@@ -127,8 +133,9 @@ class AntiAliasedActivation(nn.Module):
         k, r = self.kernel_size, self.ratio
         pad = k // r - 1
         x = F.pad(x, (pad, pad), mode="replicate")
-        weight = (self.filter * r).to(x.dtype).expand(x.size(1), -1, -1)
-        x = F.conv_transpose1d(x, weight, stride=r, groups=x.size(1))
+        channels = self.channels or x.size(1)
+        weight = (self.filter * r).to(x.dtype).expand(channels, -1, -1)
+        x = F.conv_transpose1d(x, weight, stride=r, groups=channels)
         # Crop the transient of the replicate padding and the filter's delay, leaving exactly r*T samples.
         left = pad * r + (k - r) // 2
         right = pad * r + (k - r + 1) // 2
@@ -138,8 +145,9 @@ class AntiAliasedActivation(nn.Module):
         """Low-pass, keep every second sample: ``(B, C, 2T) -> (B, C, T)``."""
         k = self.kernel_size
         x = F.pad(x, (k // 2 - 1, k // 2), mode="replicate")
-        weight = self.filter.to(x.dtype).expand(x.size(1), -1, -1)
-        return F.conv1d(x, weight, stride=self.ratio, groups=x.size(1))
+        channels = self.channels or x.size(1)
+        weight = self.filter.to(x.dtype).expand(channels, -1, -1)
+        return F.conv1d(x, weight, stride=self.ratio, groups=channels)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.downsample(self.act(self.upsample(x)))
