@@ -285,7 +285,7 @@ def test_discriminator_weights_and_reduction_on_known_inputs(weights, reduction,
 def test_sum_with_unit_weights_is_the_plain_sum_of_the_gan_losses():
     """The HiFi-GAN presets' setting adds the per-discriminator losses as before, bit for bit."""
     torch.manual_seed(0)
-    module = _tiny_module()
+    module = _tiny_module().eval()  # eval: the MSD's spectral norm would otherwise iterate on every call
     assert module.hparams.sub_discriminator_reduction == "sum" and module.hparams.discriminator_weights == {}
     audio, audio_hat = torch.randn(2, 1, 2048), torch.randn(2, 1, 2048)
     both = torch.cat([audio, audio_hat])
@@ -317,7 +317,7 @@ def test_hifigan_presets_state_a_plain_sum(preset):
     ],
 )
 def test_bad_loss_combinations_are_named(override, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(Exception, match=message):  # Hydra wraps the ValueError
         _tiny_module(override)
 
 
