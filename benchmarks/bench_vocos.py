@@ -2,9 +2,11 @@
 
     python benchmarks/bench_vocos.py [--seconds 10] [--threads 2] [--rounds 7] [--quick]
 
-Both generators get the same random ``(1, 100, frames)`` mel (hop 256, so ``frames`` = seconds x
-24000 / 256) and produce the same number of samples; 100 bands for both (HiFi-GAN V1 was published
-with 80: its input conv is the only layer that changes, 0.2 % of its multiply-adds). Weights are
+Both generators are built from their presets' generator nodes, ``conf/model/vocos_mel_24k.yaml`` and
+``conf/model/hifigan_v1.yaml``, composed with ``features=vocos_24k``. Both get the same random
+``(1, 100, frames)`` mel (hop 256, so ``frames`` = seconds x 24000 / 256) and produce the same number of
+samples; 100 bands for both (HiFi-GAN V1 was published with 80: its input conv is the only layer that
+changes, 0.2 % of its multiply-adds). Weights are
 random: the time does not depend on them. HiFi-GAN runs with weight norm folded, everything under
 ``torch.inference_mode``. The contenders alternate within each round, so a busy machine slows both
 alike; each time is the best of ``--rounds`` rounds, and the last column is the median over rounds of
@@ -22,24 +24,37 @@ import argparse
 import os
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
-from melvoc.models.hifigan import HiFiGANGenerator as Generator
-from melvoc.models.vocos import VocosGenerator
+from melvoc.features import MelConfig
 
-SAMPLING_RATE = 24000
-HOP = 256
-NUM_MELS = 100
+CONF = Path(__file__).resolve().parents[1] / "conf"
+FEATURES = "vocos_24k"
+
+
+def _generator(preset: str) -> torch.nn.Module:
+    """The generator node of ``conf/model/<preset>.yaml`` with the ``vocos_24k`` features."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"features={FEATURES}", f"model={preset}"])
+    return instantiate(cfg.model.generator)
+
+
+def _features() -> MelConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return MelConfig.coerce(compose(config_name="train", overrides=[f"features={FEATURES}"]).features)
 
 
 def _contenders() -> dict[str, torch.nn.Module]:
-    vocos = VocosGenerator(NUM_MELS, dim=512, intermediate_dim=1536, num_layers=8, n_fft=1024, hop_length=HOP)
-    vocos_matmul = VocosGenerator(NUM_MELS, dim=512, intermediate_dim=1536, num_layers=8, n_fft=1024, hop_length=HOP)
+    vocos = _generator("vocos_mel_24k")
+    vocos_matmul = _generator("vocos_mel_24k")
     vocos_matmul.load_state_dict(vocos.state_dict())
     vocos_matmul.head.istft.use_dft_matmul()
-    hifigan = Generator(num_mels=NUM_MELS).remove_weight_norm()  # V1 defaults: 8 x 8 x 2 x 2
+    hifigan = _generator("hifigan_v1").remove_weight_norm()
     return {
         "Vocos (irfft)": vocos.eval(),
         "Vocos (DFT matmul)": vocos_matmul.eval(),
@@ -65,9 +80,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    frames = max(1, round(args.seconds * SAMPLING_RATE / HOP))
-    mel = torch.randn(1, NUM_MELS, frames)
-    audio_seconds = frames * HOP / SAMPLING_RATE
+    features = _features()
+    rate, hop, num_mels = features.sampling_rate, features.hop_size, features.num_mels
+    frames = max(1, round(args.seconds * rate / hop))
+    mel = torch.randn(1, num_mels, frames)
+    audio_seconds = frames * hop / rate
     models = _contenders()
     params = {name: sum(p.numel() for p in m.parameters()) / 1e6 for name, m in models.items()}
 
@@ -85,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     difference = (outputs["Vocos (irfft)"] - outputs["Vocos (DFT matmul)"]).abs().max().item()
 
     print(
-        f"{audio_seconds:.2f} s of 24 kHz audio ({frames} frames x hop {HOP}, {NUM_MELS} mels), "
+        f"{audio_seconds:.2f} s of {rate} Hz audio ({frames} frames x hop {hop}, {num_mels} mels), "
         f"{args.threads} threads, best of {args.rounds} rounds, torch {torch.__version__}, "
         f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     )

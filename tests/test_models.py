@@ -13,6 +13,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from omegaconf import OmegaConf
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
@@ -231,6 +232,107 @@ def test_gan_losses_are_float32_for_half_inputs():
     big = [[torch.full((4, 4), 255.0, dtype=torch.float16)]]
     small = [[torch.full((4, 4), -255.0, dtype=torch.float16)]]
     assert feature_matching_loss(big, small).item() == 510.0
+
+
+class ConstantDiscriminator(nn.Module):
+    """Sub-discriminator ``k`` answers ``logits[k]`` everywhere and has one feature map, ``scales[k] * audio``."""
+
+    def __init__(self, logits: list[float], scales: list[float]) -> None:
+        super().__init__()
+        self.logits, self.scales = logits, scales
+        self.unused = nn.Parameter(torch.zeros(()))
+
+    def forward(self, audio: torch.Tensor):
+        full = [torch.full((audio.size(0), 3), v) + 0 * self.unused for v in self.logits]
+        return full, [[s * audio] for s in self.scales]
+
+
+def _module_with_losses(weights: dict, reduction: str, kind: str = "lsgan") -> GANVocoder:
+    """The tiny module with two constant discriminators: ``a`` (2 sub-discriminators) and ``b`` (3)."""
+    node = OmegaConf.to_container(compose_config(TINY).model, resolve=True)
+    stub = f"{__name__}.ConstantDiscriminator"
+    node["discriminators"] = {
+        "a": {"_target_": stub, "logits": [0.5, 0.0], "scales": [1.0, 2.0]},
+        "b": {"_target_": stub, "logits": [2.0, 1.0, -1.0], "scales": [1.0, 1.0, 4.0]},
+    }
+    node.update(discriminator_weights=weights, sub_discriminator_reduction=reduction, adversarial_loss=kind)
+    return hydra.utils.instantiate(node)
+
+
+@pytest.mark.parametrize(
+    ("weights", "reduction", "kind", "expected_d", "expected_adv", "expected_fm"),
+    [
+        # lsgan D: a (0.25 + 0.25) + (1 + 0) = 1.5; b (1 + 4) + (0 + 1) + (4 + 1) = 11.
+        # lsgan G: a 0.25 + 1 = 1.25; b 1 + 0 + 4 = 5.  FM (|audio - audio_hat| = 0.5): a 0.5 + 1 = 1.5; b 3.
+        pytest.param({}, "sum", "lsgan", 1.5 + 11, 1.25 + 5, 1.5 + 3, id="sum-unweighted"),
+        pytest.param({}, "mean", "lsgan", 1.5 / 2 + 11 / 3, 1.25 / 2 + 5 / 3, 1.5 / 2 + 3 / 3, id="mean"),
+        pytest.param({"b": 0.1}, "sum", "lsgan", 1.5 + 1.1, 1.25 + 0.5, 1.5 + 0.3, id="sum-weighted"),
+        # hinge D: a (0.5 + 1.5) + (1 + 1) = 4; b (0 + 3) + (0 + 2) + (2 + 0) = 7.
+        # hinge G: a 0.5 + 1 = 1.5; b 0 + 0 + 2 = 2.
+        pytest.param({"b": 0.1}, "mean", "hinge", 4 / 2 + 0.1 * 7 / 3, 1.5 / 2 + 0.1 * 2 / 3, 1.5 / 2 + 0.1 * 3 / 3,
+                     id="vocos-form"),
+    ],
+)
+def test_discriminator_weights_and_reduction_on_known_inputs(weights, reduction, kind, expected_d, expected_adv,
+                                                             expected_fm):
+    module = _module_with_losses(weights, reduction, kind)
+    audio, audio_hat = torch.full((2, 1, 64), 0.25), torch.full((2, 1, 64), -0.25)
+    assert module.discriminator_loss(torch.cat([audio, audio_hat])).item() == pytest.approx(expected_d)
+    adv, fm = module.adversarial_losses(audio, audio_hat)
+    assert (adv.item(), fm.item()) == (pytest.approx(expected_adv), pytest.approx(expected_fm))
+
+
+def test_sum_with_unit_weights_is_the_plain_sum_of_the_gan_losses():
+    """The HiFi-GAN presets' setting adds the per-discriminator losses as before, bit for bit."""
+    torch.manual_seed(0)
+    module = _tiny_module().eval()  # eval: the MSD's spectral norm would otherwise iterate on every call
+    assert module.hparams.sub_discriminator_reduction == "sum" and module.hparams.discriminator_weights == {}
+    audio, audio_hat = torch.randn(2, 1, 2048), torch.randn(2, 1, 2048)
+    both = torch.cat([audio, audio_hat])
+    expected_d = expected_adv = expected_fm = 0.0
+    for discriminator in module.discriminators.values():
+        logits, _ = discriminator(both)
+        expected_d = expected_d + discriminator_loss(*zip(*(lo.chunk(2) for lo in logits)))
+        fake_logits, fake_fmaps = discriminator(audio_hat)
+        expected_adv = expected_adv + generator_loss(fake_logits)
+        expected_fm = expected_fm + feature_matching_loss(discriminator(audio)[1], fake_fmaps)
+    assert torch.equal(module.discriminator_loss(both), expected_d)
+    adv, fm = module.adversarial_losses(audio, audio_hat)
+    assert torch.equal(adv, expected_adv) and torch.equal(fm, expected_fm)
+
+
+@pytest.mark.parametrize("preset", ["hifigan_tiny", "hifigan_v1", "hifigan_v1_hop512", "hifigan_v2", "hifigan_v3"])
+def test_hifigan_presets_state_a_plain_sum(preset):
+    model = compose_config([f"model={preset}"]).model
+    assert model.discriminator_weights == {} and model.sub_discriminator_reduction == "sum"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+model.discriminator_weights.msdd=0.5", "discriminator_weights names msdd, which model.discriminators"),
+        ("+model.discriminator_weights.msd=0", r"discriminator_weights.msd = 0: must be a positive number"),
+        ("+model.discriminator_weights.msd=abc", r"discriminator_weights.msd = 'abc': must be a positive"),
+        ("model.sub_discriminator_reduction=avg", "sub_discriminator_reduction = 'avg': expected one of sum, mean"),
+    ],
+)
+def test_bad_loss_combinations_are_named(override, message):
+    with pytest.raises(Exception, match=message):  # Hydra wraps the ValueError
+        _tiny_module(override)
+
+
+def test_mpd_first_feature_map_leaves_out_the_first_layers():
+    torch.manual_seed(0)
+    every = MultiPeriodDiscriminator([2, 3], [4, 8, 8, 8, 8])
+    vocos = MultiPeriodDiscriminator([2, 3], [4, 8, 8, 8, 8], first_feature_map=1)
+    vocos.load_state_dict(every.state_dict())
+    audio = torch.randn(2, 1, 999)
+    (logits_all, fmaps_all), (logits, fmaps) = every(audio), vocos(audio)
+    assert all(torch.equal(a, b) for a, b in zip(logits_all, logits))
+    assert [len(f) for f in fmaps] == [5, 5] and [len(f) for f in fmaps_all] == [6, 6]
+    assert all(torch.equal(a, b) for full, part in zip(fmaps_all, fmaps) for a, b in zip(full[1:], part))
+    with pytest.raises(ValueError, match="first_feature_map 6: must be in 0..5"):
+        MultiPeriodDiscriminator([2], [4, 8, 8, 8, 8], first_feature_map=6)
 
 
 # ------------------------------------------------------------------------- LightningModule
@@ -649,6 +751,8 @@ discriminators:
     periods: [2, 3, 5]
     channels: [4, 8, 16, 16, 16]
 adversarial_loss: hinge
+discriminator_weights: {{}}
+sub_discriminator_reduction: sum
 lambda_adv: 1.0
 lambda_fm: 2.0
 lambda_mel: 45.0

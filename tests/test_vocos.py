@@ -14,7 +14,8 @@ from hydra.utils import instantiate
 from torch.nn import functional as F
 
 from melvoc.features import MelConfig, MelSpectrogram, mel_filterbank
-from melvoc.models.vocos import ISTFT, VocosGenerator, cosine_schedule_with_warmup
+from melvoc.models.schedulers import cosine_schedule_with_warmup
+from melvoc.models.vocos import ISTFT, VocosGenerator
 from melvoc.peers import PeerCheckpointError
 from melvoc.peers import vocos as peer
 

@@ -32,19 +32,29 @@ def _as_3d(audio: Tensor) -> Tensor:
     return audio
 
 
-def _conv_stack(x: Tensor, convs: nn.ModuleList, conv_post: nn.Module) -> tuple[Tensor, list[Tensor]]:
-    """Leaky-ReLU conv stack then the output conv: ``(logits (B, N), feature map of every layer)``."""
+def _conv_stack(
+    x: Tensor, convs: nn.ModuleList, conv_post: nn.Module, first_feature_map: int = 0
+) -> tuple[Tensor, list[Tensor]]:
+    """Leaky-ReLU conv stack then the output conv: ``(logits (B, N), feature maps)``.
+
+    The feature maps are the activations of the layers from ``first_feature_map`` on, and the output.
+    """
     fmap = []
-    for conv in convs:
+    for i, conv in enumerate(convs):
         x = F.leaky_relu(conv(x), LRELU_SLOPE)
-        fmap.append(x)
+        if i >= first_feature_map:
+            fmap.append(x)
     x = conv_post(x)
     fmap.append(x)
     return x.flatten(1, -1), fmap
 
 
 class DiscriminatorP(nn.Module):
-    """Period discriminator: audio folded to ``(B, 1, T / period, period)``, 2-D convs along time."""
+    """Period discriminator: audio folded to ``(B, 1, T / period, period)``, 2-D convs along time.
+
+    ``first_feature_map``: the first conv layer whose activation is a feature map (0: all, as HiFi-GAN;
+    1: Vocos' MPD, which leaves the first layer's out of feature matching).
+    """
 
     def __init__(
         self,
@@ -53,12 +63,18 @@ class DiscriminatorP(nn.Module):
         kernel_size: int = 5,
         stride: int = 3,
         use_spectral_norm: bool = False,
+        first_feature_map: int = 0,
     ) -> None:
         super().__init__()
         if period < 1:
             raise ValueError(f"MPD period {period}: must be a positive integer")
         if len(channels) < 2:
             raise ValueError(f"MPD channels {list(channels)}: need at least two layers")
+        if not 0 <= first_feature_map <= len(channels):
+            raise ValueError(
+                f"MPD first_feature_map {first_feature_map}: must be in 0..{len(channels)} (the conv layers)"
+            )
+        self.first_feature_map = int(first_feature_map)
         norm = spectral_norm if use_spectral_norm else weight_norm
         self.period = int(period)
         pad = (get_padding(kernel_size), 0)
@@ -80,17 +96,20 @@ class DiscriminatorP(nn.Module):
             x = F.pad(x, (0, n_pad), "reflect" if n_pad < t else "constant")
             t = t + n_pad
         x = x.view(b, c, t // self.period, self.period)
-        return _conv_stack(x, self.convs, self.conv_post)
+        return _conv_stack(x, self.convs, self.conv_post, self.first_feature_map)
 
 
 class MultiPeriodDiscriminator(nn.Module):
-    """One :class:`DiscriminatorP` per period (HiFi-GAN: 2, 3, 5, 7, 11)."""
+    """One :class:`DiscriminatorP` per period (HiFi-GAN: 2, 3, 5, 7, 11); ``first_feature_map`` as there."""
 
-    def __init__(self, periods: Sequence[int], channels: Sequence[int]) -> None:
+    def __init__(self, periods: Sequence[int], channels: Sequence[int], first_feature_map: int = 0) -> None:
         super().__init__()
         if not periods:
             raise ValueError("MPD periods is empty: give at least one period (HiFi-GAN uses 2, 3, 5, 7, 11)")
-        self.discriminators = nn.ModuleList(DiscriminatorP(int(p), [int(c) for c in channels]) for p in periods)
+        self.discriminators = nn.ModuleList(
+            DiscriminatorP(int(p), [int(c) for c in channels], first_feature_map=int(first_feature_map))
+            for p in periods
+        )
 
     def forward(self, audio: Tensor) -> DiscriminatorOutput:
         logits, fmaps = [], []

@@ -2,7 +2,8 @@
 
 Each takes the outputs of one discriminator (:data:`~melvoc.models.base.DiscriminatorOutput`): a
 list of logits and a list of feature-map lists, one entry per sub-discriminator, and sums over the
-sub-discriminators. All losses are computed in float32 whatever the discriminator's output dtype
+sub-discriminators (:class:`~melvoc.models.GANVocoder` turns the sum into a mean where a recipe
+averages, see :data:`SUB_DISCRIMINATOR_REDUCTIONS`). All losses are computed in float32 whatever the discriminator's output dtype
 (bf16/fp16 under autocast), so that squared logits and sums over ~50 feature maps cannot overflow
 or lose precision.
 """
@@ -18,6 +19,7 @@ from torch.nn import functional as F
 
 __all__ = [
     "ADVERSARIAL_LOSSES",
+    "SUB_DISCRIMINATOR_REDUCTIONS",
     "check_adversarial_loss",
     "discriminator_loss",
     "feature_matching_loss",
@@ -27,6 +29,9 @@ __all__ = [
 #: The adversarial loss kinds (``model.adversarial_loss``).
 ADVERSARIAL_LOSSES = ("lsgan", "hinge")
 AdversarialLoss = Literal["lsgan", "hinge"]
+#: How one discriminator's losses combine over its sub-discriminators (``model.sub_discriminator_reduction``):
+#: ``sum`` (HiFi-GAN, BigVGAN) or ``mean`` (Vocos divides each sum by the number of sub-discriminators).
+SUB_DISCRIMINATOR_REDUCTIONS = ("sum", "mean")
 
 
 def check_adversarial_loss(kind: str) -> None:

@@ -7,12 +7,15 @@ loss and optimizer settings, all in ``conf/model/<name>.yaml``; this module neve
 One training step (the order of HiFi-GAN's ``train.py``), with manual optimization::
 
     mel (B, num_mels, F) --generator--> audio_hat (B, 1, F * hop)
-    discriminator step:  sum over discriminators of adv_D(D(audio), D(audio_hat.detach()))
-    generator step:      sum over discriminators of [lambda_adv * adv_G(D(audio_hat)) + lambda_fm * FM]
+    discriminator step:  sum over discriminators d of w_d * R_k adv_D(D_k(audio), D_k(audio_hat.detach()))
+    generator step:      sum over discriminators d of w_d * R_k [lambda_adv * adv_G(D_k(audio_hat)) + lambda_fm * FM_k]
                          + lambda_mel * mel_loss(audio_hat, audio)
 
-``adv`` is ``lsgan`` or ``hinge`` (:mod:`melvoc.models.gan_losses`). Gradients are clipped per
-network: the generator, and each named discriminator on its own.
+``adv`` is ``lsgan`` or ``hinge`` (:mod:`melvoc.models.gan_losses`); ``k`` runs over the
+sub-discriminators of ``d`` (periods, scales, resolutions), ``R_k`` is their sum or their mean
+(``sub_discriminator_reduction``) and ``w_d`` the weight of ``d`` (``discriminator_weights``).
+HiFi-GAN and BigVGAN sum with unit weights; Vocos averages and weighs its MRD by 0.1.
+Gradients are clipped per network: the generator, and each named discriminator on its own.
 
 Step counting. With two optimizers under manual optimization Lightning counts *every*
 ``optimizer.step()`` in ``trainer.global_step`` (Lightning-AI/pytorch-lightning#17958), so
@@ -27,6 +30,7 @@ through the strategy and precision plugin (AMP scaler, DDP), only the counter is
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal, Optional
@@ -42,6 +46,7 @@ from torch import Tensor, nn
 from melvoc.features import MelConfig, MelSpectrogram
 from melvoc.models.base import VocoderGenerator
 from melvoc.models.gan_losses import (
+    SUB_DISCRIMINATOR_REDUCTIONS,
     check_adversarial_loss,
     discriminator_loss,
     feature_matching_loss,
@@ -81,6 +86,26 @@ def _build(node: Node) -> Any:
     return instantiate(node, _convert_="all")
 
 
+def _discriminator_weights(weights: Any, discriminators: Mapping[str, Any]) -> dict[str, float]:
+    """``model.discriminator_weights`` checked against the discriminator names, as plain floats."""
+    weights = _plain(weights)
+    if not isinstance(weights, dict):
+        raise ValueError(f"model.discriminator_weights must map discriminator names to weights, got {weights!r}")
+    unknown = sorted(set(weights) - set(discriminators))
+    if unknown:
+        raise ValueError(
+            f"model.discriminator_weights names {', '.join(unknown)}, which model.discriminators does not have "
+            f"(it has {', '.join(discriminators)})"
+        )
+    for name, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+            raise ValueError(
+                f"model.discriminator_weights.{name} = {weight!r}: must be a positive number "
+                f"(drop a discriminator with model.discriminators.{name}=null)"
+            )
+    return {str(name): float(weight) for name, weight in weights.items()}
+
+
 def _noop() -> None:
     return None
 
@@ -116,6 +141,10 @@ class GANVocoder(L.LightningModule):
         generator: ``_target_`` node of a :class:`~melvoc.models.base.VocoderGenerator` subclass.
         discriminators: ``{name: _target_ node}``; a ``null`` entry drops that discriminator.
         adversarial_loss: ``"lsgan"`` or ``"hinge"``.
+        discriminator_weights: ``{name: weight}`` of a discriminator's adversarial, feature-matching and
+            discriminator losses; a name left out weighs 1.
+        sub_discriminator_reduction: ``"sum"`` or ``"mean"`` of each loss over a discriminator's
+            sub-discriminators.
         lambda_adv, lambda_fm, lambda_mel: weights of the adversarial, feature-matching and mel terms.
         mel_loss: ``_target_`` node of the reconstruction loss (``melvoc.loss.MelLoss`` or
             ``MultiScaleMelLoss``), called as ``mel_loss(audio_hat, audio)``.
@@ -133,6 +162,8 @@ class GANVocoder(L.LightningModule):
         generator: Node,
         discriminators: Mapping[str, Optional[Node]],
         adversarial_loss: Literal["lsgan", "hinge"],
+        discriminator_weights: Mapping[str, float],
+        sub_discriminator_reduction: Literal["sum", "mean"],
         lambda_adv: float,
         lambda_fm: float,
         lambda_mel: float,
@@ -163,6 +194,12 @@ class GANVocoder(L.LightningModule):
         }
         if not any(discriminator_nodes.values()):
             raise ValueError("model.discriminators: none is set; give at least one `_target_` node")
+        weights = _discriminator_weights(discriminator_weights, discriminator_nodes)
+        if sub_discriminator_reduction not in SUB_DISCRIMINATOR_REDUCTIONS:
+            raise ValueError(
+                f"model.sub_discriminator_reduction = {sub_discriminator_reduction!r}: expected one of "
+                f"{', '.join(SUB_DISCRIMINATOR_REDUCTIONS)}"
+            )
 
         # Plain containers only: a checkpoint must rebuild the module without melvoc's classes or Hydra's.
         self.save_hyperparameters(
@@ -172,6 +209,8 @@ class GANVocoder(L.LightningModule):
                 "generator": _node(generator, "model.generator"),
                 "discriminators": discriminator_nodes,
                 "adversarial_loss": adversarial_loss,
+                "discriminator_weights": weights,
+                "sub_discriminator_reduction": sub_discriminator_reduction,
                 "lambda_adv": float(lambda_adv),
                 "lambda_fm": float(lambda_fm),
                 "lambda_mel": float(lambda_mel),
@@ -292,11 +331,7 @@ class GANVocoder(L.LightningModule):
 
         # Discriminators: one forward each on real and (detached) fake together.
         real_and_fake = torch.cat([audio, audio_hat.detach()])
-        loss_d = audio.new_zeros((), dtype=torch.float32)
-        for discriminator in self.discriminators.values():
-            logits, _ = discriminator(real_and_fake)
-            real_logits, fake_logits = zip(*(lo.chunk(2) for lo in logits))
-            loss_d = loss_d + discriminator_loss(real_logits, fake_logits, hp.adversarial_loss)
+        loss_d = self.discriminator_loss(real_and_fake)
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(loss_d)
         with _uncounted(opt_d):
@@ -304,14 +339,7 @@ class GANVocoder(L.LightningModule):
 
         # Generator: the discriminators' parameters are frozen (toggled) so no gradient is computed for them.
         with self.toggled_optimizer(opt_g):
-            loss_adv = audio.new_zeros((), dtype=torch.float32)
-            loss_fm = audio.new_zeros((), dtype=torch.float32)
-            for discriminator in self.discriminators.values():
-                with torch.no_grad():
-                    _, real_fmaps = discriminator(audio)
-                fake_logits, fake_fmaps = discriminator(audio_hat)
-                loss_adv = loss_adv + generator_loss(fake_logits, hp.adversarial_loss)
-                loss_fm = loss_fm + feature_matching_loss(real_fmaps, fake_fmaps)
+            loss_adv, loss_fm = self.adversarial_losses(audio, audio_hat)
             mel_l1 = self.mel_loss(audio_hat.float(), audio.float())
             loss_g = hp.lambda_adv * loss_adv + hp.lambda_fm * loss_fm + hp.lambda_mel * mel_l1
             opt_g.zero_grad(set_to_none=True)
@@ -329,6 +357,39 @@ class GANVocoder(L.LightningModule):
         )
         self.log("train/lr_g", opt_g.optimizer.param_groups[0]["lr"], batch_size=batch_size)
         self.log("train/lr_d", opt_d.optimizer.param_groups[0]["lr"], batch_size=batch_size)
+
+    def _scale(self, name: str, sub_discriminators: int) -> float:
+        """Weight of one discriminator's summed losses: its ``discriminator_weights`` entry, over ``R_k``."""
+        weight = self.hparams.discriminator_weights.get(name, 1.0)
+        if self.hparams.sub_discriminator_reduction == "mean":
+            return weight / sub_discriminators
+        return weight
+
+    def discriminator_loss(self, real_and_fake: Tensor) -> Tensor:
+        """Discriminator loss of real and generated audio stacked on the batch: ``(2B, 1, T)`` -> float32 scalar."""
+        loss = real_and_fake.new_zeros((), dtype=torch.float32)
+        for name, discriminator in self.discriminators.items():
+            logits, _ = discriminator(real_and_fake)
+            real_logits, fake_logits = zip(*(lo.chunk(2) for lo in logits))
+            term = discriminator_loss(real_logits, fake_logits, self.hparams.adversarial_loss)
+            loss = loss + self._scale(name, len(logits)) * term
+        return loss
+
+    def adversarial_losses(self, audio: Tensor, audio_hat: Tensor) -> tuple[Tensor, Tensor]:
+        """Generator's adversarial and feature-matching losses, weighted and reduced, unscaled by the lambdas.
+
+        ``audio``, ``audio_hat``: ``(B, 1, T)``. Returns two float32 scalars.
+        """
+        loss_adv = audio.new_zeros((), dtype=torch.float32)
+        loss_fm = audio.new_zeros((), dtype=torch.float32)
+        for name, discriminator in self.discriminators.items():
+            with torch.no_grad():
+                _, real_fmaps = discriminator(audio)
+            fake_logits, fake_fmaps = discriminator(audio_hat)
+            scale = self._scale(name, len(fake_logits))
+            loss_adv = loss_adv + scale * generator_loss(fake_logits, self.hparams.adversarial_loss)
+            loss_fm = loss_fm + scale * feature_matching_loss(real_fmaps, fake_fmaps)
+        return loss_adv, loss_fm
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Runs after AMP unscaling and before the update, so the norms are those of the true gradients.
