@@ -241,6 +241,29 @@ def test_tiny_short_cpu_run(tmp_path):
     assert generator(mel).shape == (1, 1, 8 * 256)
 
 
+def test_per_crop_peak_normalisation(tmp_path):
+    """BigVGAN's librosa.util.normalize(crop) * 0.95: every crop (and whole clip) to peak 0.95, silence kept."""
+    from melvoc.data import AudioDataset
+
+    features = MelConfig.coerce(compose_config(["features=bigvgan_24k"]).features)
+    loud, quiet = 0.8 * np.sin(np.arange(24000) * 0.05), 0.01 * np.sin(np.arange(24000) * 0.07)
+    path = tmp_path / "clip.wav"
+    sf.write(path, np.concatenate([loud, quiet, np.zeros(24000)]).astype(np.float32), 24000, subtype="FLOAT")
+    crops = AudioDataset([path], features, segment_size=4096, peak_normalize=0.95, peak_normalize_scope="crop")
+    assert crops.peaks is None, "no pass over the files to measure their peaks"
+    torch.manual_seed(0)
+    peaks = sorted(crops[0]["audio"].abs().max().item() for _ in range(40))
+    assert peaks[0] == 0.0, "an all-zero crop stays zero"
+    assert peaks[-1] == pytest.approx(0.95, abs=1e-6)
+    assert all(p == 0.0 or p == pytest.approx(0.95, abs=1e-6) for p in peaks), "quiet crops are scaled up too"
+    whole = AudioDataset([path], features, peak_normalize=0.95, peak_normalize_scope="crop")[0]["audio"]
+    assert whole.abs().max().item() == pytest.approx(0.95, abs=1e-6)
+    by_file = AudioDataset([path], features, segment_size=4096, peak_normalize=0.95)
+    assert by_file.peaks is not None and max(by_file[0]["audio"].abs().max().item() for _ in range(10)) <= 0.95 + 1e-6
+    with pytest.raises(ValueError, match="peak_normalize_scope='clip'"):
+        AudioDataset([path], features, peak_normalize=0.95, peak_normalize_scope="clip")
+
+
 # ------------------------------------------------------------------------------------------------
 # Official checkpoints: YAML presets and peer configs describe the same generator
 # ------------------------------------------------------------------------------------------------
