@@ -302,19 +302,31 @@ def peer_config(tmp_path: Path, name: str, **changes) -> Path:
     return folder
 
 
+V1_CONFIG = {  # configs/bigvgan_24khz_100band.json next to the v2 one: no v2 fields, MRD resolutions
+    "upsample_initial_channel": 1536, "use_tanh_at_final": None, "use_bias_at_final": None,
+    "use_cqtd_instead_of_mrd": None, "use_multiscale_melloss": None, "lambda_melloss": None,
+    "resolutions": [[1024, 120, 600], [2048, 240, 1200], [512, 50, 240]], "fmax": 12000,
+}
+
+
 @pytest.mark.parametrize("preset, published", [
     ("bigvgan_v2_24k_100band", {"upsample_initial_channel": 1536}),
     # v1's config.json has no use_tanh_at_final / use_bias_at_final: BigVGAN's code defaults them to true.
-    ("bigvgan_v1_24k_100band", {"upsample_initial_channel": 1536, "use_tanh_at_final": None, "use_bias_at_final": None}),
+    ("bigvgan_v1_24k_100band", V1_CONFIG),
 ])
 def test_bigvgan_presets_match_the_published_configs(tmp_path, preset, published):
+    """The generator and discriminator nodes melvoc.peers.bigvgan makes of the published config.json are the
+    preset's: init_from an official folder passes the compatibility check, its discriminators load by name."""
     from melvoc.peers import bigvgan
 
-    config = __import__("json").loads(
-        (peer_config(tmp_path, "bigvgan_v2_24khz_100band", **published) / "config.json").read_text()
-    )
-    ours = compose_config([f"model={preset}", "features=bigvgan_24k"]).model.generator
-    assert plain(ours) == plain(bigvgan._generator_node(config))
+    folder = peer_config(tmp_path, "bigvgan_v2_24khz_100band", **published)
+    config = __import__("json").loads((folder / "config.json").read_text())
+    ours = compose_config([f"model={preset}", "features=bigvgan_24k"]).model
+    assert plain(ours.generator) == plain(bigvgan._generator_node(config))
+    theirs = bigvgan._discriminator_nodes(config, folder / "config.json")
+    assert sorted(theirs) == sorted(n for n, d in ours.discriminators.items() if d is not None)
+    for name, node in theirs.items():
+        assert plain(ours.discriminators[name]) == plain(node), name
 
 
 @pytest.mark.parametrize("name", ["hifigan_v2", "hifigan_v3"])
