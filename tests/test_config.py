@@ -80,7 +80,7 @@ def test_groups_have_the_documented_options():
     expected = {"default", "model_checkpoint", "mel_metric", "media", "mel_loss", "progress_bar", "lr_monitor"}
     assert expected <= set(options("callbacks"))
     assert {"fdr", "overfit", "limit"} <= set(options("debug"))
-    assert {"ljspeech_hifigan_v1", "vctk_44k", "bigvgan_24k"} <= set(options("experiment"))
+    assert {"ljspeech_hifigan_v1", "vctk_44k", "bigvgan_v2_24k_100band"} <= set(options("experiment"))
     assert options("paths") == ["default"] and options("hydra") == ["default"]
 
 
@@ -236,7 +236,9 @@ def test_debug_options(compose_cfg, tmp_path, name):
 REQUIRED = {
     "ljspeech_hifigan_v1": {"data.train_filelist", "data.val_filelist"},
     "vctk_44k": {"data.train_filelist"},
-    "bigvgan_24k": {"data.train_filelist", "data.val_filelist"},
+    "bigvgan_v1_24k_100band": {"data.train_filelist", "data.val_filelist"},
+    "bigvgan_v2_24k_100band": {"data.train_filelist", "data.val_filelist"},
+    "bigvgan_v2_44k_128band_512x": {"data.train_filelist", "data.val_filelist"},
 }
 
 

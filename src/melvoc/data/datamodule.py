@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import lightning as L
 import torch
@@ -63,7 +63,8 @@ class VocoderDataModule(L.LightningDataModule):
         resample: resample files at another rate with soxr (off: an error naming file and rates).
         short_clips: ``pad`` / ``drop`` / ``error`` for clips shorter than ``segment_size``.
         on_error: ``raise`` or ``skip`` bad files (skips are logged with count and names).
-        peak_normalize: per-file peak (HiFi-GAN: 0.95) or ``None``; ``gain_db``: extra gain.
+        peak_normalize: peak to scale audio to (HiFi-GAN, BigVGAN: 0.95) or ``None``; ``gain_db``: extra gain.
+        peak_normalize_scope: ``file`` (HiFi-GAN: each file's peak) or ``crop`` (BigVGAN: each crop's).
         max_val_seconds: cap on validation/test clips, or ``None``.
         mel_dir: precomputed mels for HiFi-GAN fine-tuning (``<stem>.npy`` / ``.pt``), or ``None``.
         synthetic: parameters of :class:`~melvoc.data.synthetic.SyntheticSpec` (without the rate),
@@ -91,6 +92,7 @@ class VocoderDataModule(L.LightningDataModule):
         short_clips: ShortClips = "pad",
         on_error: OnError = "raise",
         peak_normalize: Optional[float] = None,
+        peak_normalize_scope: Literal["file", "crop"] = "file",
         gain_db: float = 0.0,
         max_val_seconds: Optional[float] = None,
         mel_dir: Optional[str] = None,
@@ -148,6 +150,7 @@ class VocoderDataModule(L.LightningDataModule):
             short_clips=short_clips,
             on_error=on_error,
             peak_normalize=peak_normalize,
+            peak_normalize_scope=peak_normalize_scope,
             gain_db=gain_db,
             mel_dir=mel_dir,
         )

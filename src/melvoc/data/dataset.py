@@ -61,8 +61,10 @@ class AudioDataset(Dataset):
         short_clips: clips shorter than ``segment_size`` (whole clips: shorter than one frame) are
             zero-padded (``pad``, HiFi-GAN), left out (``drop``) or an error (``error``).
         on_error: ``raise`` or ``skip`` bad files.
-        peak_normalize: scale each file to this peak (HiFi-GAN: 0.95), or ``None``; the peak is the
-            whole file's, measured once here, so crops keep their relative loudness.
+        peak_normalize: scale audio to this peak (HiFi-GAN, BigVGAN: 0.95), or ``None``.
+        peak_normalize_scope: whose peak: ``file`` (HiFi-GAN: the whole file's, measured once here, so
+            crops keep their relative loudness) or ``crop`` (BigVGAN: each training crop's own, and each
+            whole validation clip's).
         gain_db: gain applied after normalisation.
         max_seconds: cap on whole clips, or ``None``.
         mel_dir: folder of precomputed mels for fine-tuning, or ``None``.
@@ -79,6 +81,7 @@ class AudioDataset(Dataset):
         short_clips: ShortClips = "pad",
         on_error: OnError = "raise",
         peak_normalize: Optional[float] = None,
+        peak_normalize_scope: Literal["file", "crop"] = "file",
         gain_db: float = 0.0,
         max_seconds: Optional[float] = None,
         mel_dir: Optional[Path | str] = None,
@@ -100,11 +103,14 @@ class AudioDataset(Dataset):
             raise ValueError(f"data.max_val_seconds={max_seconds}: must be > 0 (or null for no cap)")
         if peak_normalize is not None and not 0 < peak_normalize <= 1:
             raise ValueError(f"data.peak_normalize={peak_normalize}: must be in (0, 1] or null")
+        if peak_normalize_scope not in ("file", "crop"):
+            raise ValueError(f"data.peak_normalize_scope={peak_normalize_scope!r}: must be 'file' or 'crop'")
         self.segment_size = segment_size
         self.resample = bool(resample)
         self.short_clips = short_clips
         self.on_error = check_on_error(on_error)
         self.peak_normalize = peak_normalize
+        self.peak_normalize_scope = peak_normalize_scope
         self.gain = float(10.0 ** (gain_db / 20.0))
         self.max_samples = (
             None
@@ -191,7 +197,8 @@ class AudioDataset(Dataset):
         self.mel_paths = mel_paths
         self.num_padded = len(padded)
         self.num_dropped = len(dropped)
-        self.peaks = self._measure_peaks() if self.peak_normalize is not None else None
+        by_file = self.peak_normalize is not None and self.peak_normalize_scope == "file"
+        self.peaks = self._measure_peaks() if by_file else None
 
     def _find_mel(self, entry: AudioEntry) -> Path:
         assert self.mel_dir is not None
@@ -285,6 +292,11 @@ class AudioDataset(Dataset):
         scale = self.gain
         if self.peaks is not None:
             scale *= self.peak_normalize / max(float(self.peaks[i]), 1e-8)
+        elif self.peak_normalize is not None:
+            # librosa.util.normalize, as BigVGAN applies it to each crop: all-zero audio stays as it is.
+            peak = float(np.abs(audio).max()) if audio.size else 0.0
+            if peak > 0:
+                scale *= self.peak_normalize / peak
         if scale != 1.0:
             audio = np.clip(audio * np.float32(scale), -1.0, 1.0)
         return audio
