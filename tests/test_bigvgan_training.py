@@ -366,8 +366,7 @@ def test_init_from_an_official_checkpoint(tmp_path, run, path, fixture, rate):
         *run, *paths(tmp_path), *QUIET, "~logger", "data=filelist", *synthetic_lists(tmp_path, rate),
         "data.batch_size=1", "data.segment_size=4096", "data.max_val_seconds=0.5",
         "trainer.max_steps=2", "trainer.val_check_interval=2",
-        "+callbacks.init_from_checkpoint._target_=melvoc.finetune.InitFromCheckpoint",
-        f"+callbacks.init_from_checkpoint.path={path}",
+        f"init_from={path}",
     ])
     result = train(cfg)
     assert result.global_step == 2 and result.last_checkpoint is not None

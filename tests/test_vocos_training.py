@@ -161,8 +161,7 @@ def peer_io() -> dict[str, np.ndarray]:
 
 
 def _init_from(path: Path) -> list[str]:
-    return ["+callbacks.init_from_checkpoint._target_=melvoc.finetune.InitFromCheckpoint",
-            f"+callbacks.init_from_checkpoint.path={path}"]
+    return [f"init_from={path}"]
 
 
 def test_init_from_the_vocos_folder_reproduces_the_peer_then_trains(tmp_path, clips, peer_io):

@@ -71,7 +71,9 @@ class InitFromCheckpoint(Callback):
     :class:`melvoc.models.GANVocoder` does.
 
     Args:
-        path: an exported generator (``python -m melvoc.export``) or a full training checkpoint.
+        path: an exported generator (``python -m melvoc.export``), a full training checkpoint, or an
+            official HiFi-GAN, BigVGAN or Vocos checkpoint (:mod:`melvoc.peers`); ``None``: do nothing
+            (the default callbacks hold one with ``path: ${init_from}``).
         load_discriminators: take the discriminators from a full checkpoint too, matched by name
             (an exported generator has none; they then start from their random initialization).
         strict_discriminators: a run's discriminator that the full checkpoint lacks or whose
@@ -81,14 +83,14 @@ class InitFromCheckpoint(Callback):
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: Optional[str | os.PathLike],
         load_discriminators: bool = True,
         strict_discriminators: bool = False,
     ) -> None:
         super().__init__()
-        if path is None or str(path).strip() in ("", "???"):
+        if path is not None and str(path).strip() in ("", "???"):
             raise ValueError("InitFromCheckpoint needs a path: init_from=/path/to/generator.pt (or a .ckpt)")
-        self.path = str(path)
+        self.path = None if path is None else str(path)
         self.load_discriminators = bool(load_discriminators)
         self.strict_discriminators = bool(strict_discriminators)
         self._done = False
@@ -103,7 +105,7 @@ class InitFromCheckpoint(Callback):
         self._maybe_load(trainer, pl_module)
 
     def _maybe_load(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._done:
+        if self._done or self.path is None:
             return
         self._done = True
         if trainer.ckpt_path:
