@@ -37,6 +37,7 @@ import json
 import math
 import sys
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,8 @@ __all__ = [
 #: Log-domain (natural-log units) max error under which a config counts as reproducing float32 mels.
 DEFAULT_TOLERANCE = 1e-3
 
+HOPS = (64, 80, 100, 110, 120, 128, 150, 160, 200, 220, 240, 256, 275, 300, 320, 360, 400, 441, 480, 512, 600,
+        640, 882, 960, 1024)
 N_FFTS = (256, 320, 400, 480, 512, 640, 800, 960, 1024, 1200, 1280, 1536, 1920, 2048, 2400, 2560, 3072, 4096)
 FMINS = (0.0, 20.0, 30.0, 40.0, 50.0, 55.0, 60.0, 65.0, 70.0, 75.0, 80.0, 90.0, 95.0, 100.0, 125.0, 150.0)
 FMAXS = (None, 6000.0, 7000.0, 7600.0, 7800.0, 8000.0, 9500.0, 10000.0, 11000.0, 11025.0, 12000.0,
@@ -433,6 +436,12 @@ def _structures(pairs: Sequence[_Pair], fixed: Mapping[str, Any]) -> list[_Struc
     return sorted(found, key=_prior)
 
 
+def _common(s: _Structure, sr: int) -> bool:
+    round_hop = s.hop_size in HOPS or (1000 * s.hop_size) % sr == 0
+    return round_hop and s.win_size in (s.n_fft, 4 * s.hop_size) and (
+        s.n_fft & (s.n_fft - 1) == 0 or s.n_fft == 4 * s.hop_size)
+
+
 def _prior(s: _Structure) -> tuple:
     """Common structures first: window = n_fft, n_fft = 4 hops, power-of-two sizes, reflect pad."""
     return (s.win_size != s.n_fft, s.n_fft != 4 * s.hop_size, s.n_fft & (s.n_fft - 1) != 0,
@@ -448,89 +457,203 @@ def _power(audio: np.ndarray, sr: int, s: _Structure) -> np.ndarray:
 class _Fitter:
     """The search over one set of (mel, audio) pairs at one rate."""
 
-    def __init__(self, pairs: Sequence[_Pair], sr: int, fixed: Mapping[str, Any], tolerance: float,
-                 powers: Optional[Mapping[_Structure, list[np.ndarray]]] = None) -> None:
+    def __init__(self, pairs: Sequence[_Pair], sr: int, fixed: Mapping[str, Any], tolerance: float) -> None:
         self.pairs = list(pairs)
         self.sr = sr
         self.num_mels = pairs[0].mel.shape[0]
         self.fixed = dict(fixed)
         self.tolerance = tolerance
-        self._powers: dict[_Structure, list[np.ndarray]] = dict(powers or {})
         self.stats = mel_statistics([p.mel for p in pairs])
+        self._magnitudes: OrderedDict[_Structure, np.ndarray] = OrderedDict()
+        self._powers = OrderedDict()
         mel = np.concatenate([p.mel for p in pairs], axis=1)
-        top = max(np.quantile(mel, 0.6), mel.max() - 8.0)
-        self.loud = [p.mel >= top for p in pairs]
+        coarse = np.concatenate([p.mel[:, p.columns] for p in pairs], axis=1)
+        # Within a factor e^3.5 (or 10^3.5) of the peak: there eps and the log floor play no part.
+        self._loud = coarse >= max(np.quantile(mel, 0.6), mel.max() - 3.5)
         bases = ["e", "10"]
         if "log_base" in fixed:
             bases = [str(fixed["log_base"])]
         elif self.stats.log_base in bases:
             bases = [self.stats.log_base]
         self.bases = bases
+        self._targets = {base: coarse[self._loud] * (1.0 if base == "e" else _LN10) for base in bases}
 
     def powers(self, s: _Structure) -> list[np.ndarray]:
-        if s not in self._powers:
-            self._powers[s] = [_power(p.audio, self.sr, s) for p in self.pairs]
-        return self._powers[s]
+        """``re^2 + im^2`` per file, ``(n_freqs, F)``; the last few structures are kept."""
+        return self._cached(self._powers, s, lambda: [_power(p.audio, self.sr, s) for p in self.pairs])
+
+    def _coarse(self, s: _Structure) -> np.ndarray:
+        """Magnitudes of the coarse frames of all files side by side, ``(n_freqs, C)``."""
+        def build() -> np.ndarray:
+            if s in self._powers:
+                powers = self._powers[s]
+            else:
+                powers = [_power(p.audio, self.sr, s) for p in self.pairs]
+            return np.sqrt(np.concatenate([power[:, p.columns] for power, p in zip(powers, self.pairs)], axis=1))
+
+        return self._cached(self._magnitudes, s, build)
+
+    @staticmethod
+    def _cached(cache: "OrderedDict[_Structure, Any]", key: _Structure, build: Any, size: int = 4) -> Any:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        value = cache[key] = build()
+        while len(cache) > size:
+            cache.popitem(last=False)
+        return value
 
     # -------------------------------------------------------------- coarse scores (loud entries)
-    def loud_error(self, s: _Structure, bank: _Bank, columns: bool = True) -> tuple[float, str]:
-        """Max error on the loud entries (of the coarse frame subset) and the best log base."""
+    def loud_error(self, s: _Structure, bank: _Bank) -> tuple[float, float, str]:
+        """Max and mean error on the loud entries of the coarse frames, and the log base with the
+        smaller mean (natural-log units)."""
         try:
             weights = _quick_filterbank(self.sr, s.n_fft, self.num_mels, bank)
         except (ValueError, FloatingPointError):
-            return math.inf, "e"
-        errors = {base: 0.0 for base in self.bases}
+            return math.inf, math.inf, "e"
         with np.errstate(divide="ignore", invalid="ignore"):
-            for pair, power, loud in zip(self.pairs, self.powers(s), self.loud):
-                cols = pair.columns if columns else slice(None)
-                predicted = np.log(np.maximum(weights @ np.sqrt(power[:, cols]), 1e-30))
-                mask = loud[:, cols]
-                if not mask.any():
-                    continue
-                for base in self.bases:
-                    target = pair.mel[:, cols] * (1.0 if base == "e" else _LN10)
-                    errors[base] = max(errors[base], float(np.abs(predicted - target)[mask].max()))
-        base = min(errors, key=errors.get)
-        return (errors[base] if math.isfinite(errors[base]) else math.inf), base
+            predicted = np.log(np.maximum(weights @ self._coarse(s), 1e-30))[self._loud]
+        best = (math.inf, math.inf, "e")
+        for base, target in self._targets.items():
+            diff = np.abs(predicted - target)
+            mean = float(diff.mean())
+            if mean < best[1]:
+                best = (float(diff.max()), mean, base)
+        return best if math.isfinite(best[1]) else (math.inf, math.inf, "e")
 
-    def banks(self, wide: bool) -> list[_Bank]:
+    def quick_score(self, s: _Structure) -> float:
+        """Mean loud-entry error of structure ``s`` with the best of a few common filterbanks."""
+        fmins = [self.fixed["fmin"]] if "fmin" in self.fixed else [0.0, 55.0]
+        fmaxs = [self.fixed["fmax"]] if "fmax" in self.fixed else [None, 8000.0, 7600.0]
+        banks = [self._with(_Bank(float(fmin), None, scale, norm), "fmax", fmax)
+                 for scale, norm in self._values("scale") for fmin in fmins for fmax in fmaxs]
+        return min((self.loud_error(s, bank)[1] for bank in banks if bank is not None), default=math.inf)
+
+    def _values(self, name: str) -> list[Any]:
+        """The grid of one filterbank knob (the fixed value alone when it is known)."""
         nyquist = self.sr / 2
-        fmins = [float(self.fixed["fmin"])] if "fmin" in self.fixed else (FMINS if wide else (0.0,))
-        if "fmax" in self.fixed:
-            fmaxs = [self.fixed["fmax"]]
-        else:
-            fmaxs = [f for f in (FMAXS if wide else (None, 8000.0, 7600.0, 11025.0, 12000.0)) if f is None or f < nyquist]
-        scales = [(m, n) for m, n in SCALES
-                  if self.fixed.get("mel_scale", m) == m and self.fixed.get("mel_norm", n) == n]
-        return [_Bank(fmin, fmax, scale, norm) for scale, norm in scales for fmin in fmins for fmax in fmaxs
-                if fmin < (nyquist if fmax is None else fmax)]
+        if name in self.fixed:
+            return [self.fixed[name]]
+        if name == "fmin":
+            return list(FMINS)
+        if name == "fmax":
+            return [f for f in FMAXS if f is None or f < nyquist]
+        return [pair for pair in SCALES
+                if self.fixed.get("mel_scale", pair[0]) == pair[0] and self.fixed.get("mel_norm", pair[1]) == pair[1]]
 
-    def refine(self, s: _Structure, bank: _Bank, error: float) -> tuple[_Bank, float]:
-        """Bounded 1-D searches on fmax, then fmin, where no common value fits; rounded to 1/2 Hz."""
+    def _with(self, bank: _Bank, name: str, value: Any) -> Optional[_Bank]:
+        if name == "scale":
+            bank = dataclasses.replace(bank, mel_scale=value[0], mel_norm=value[1])
+        else:
+            bank = dataclasses.replace(bank, **{name: None if value is None else float(value)})
+        top = self.sr / 2 if bank.fmax is None else bank.fmax
+        return bank if bank.fmin < top else None
+
+    def descend(self, s: _Structure) -> tuple[float, _Bank, str]:
+        """The filterbank of structure ``s`` by coordinate descent over fmax, fmin and scale/norm,
+        from the two best scale/norm starts; fmin/fmax are refined between grid values where no
+        grid value fits. The objective is the mean error over the loud entries: nearly separable
+        (fmin moves the low bands, fmax the high ones), where the max is set by the worst band alone.
+
+        Returns (loud-entry max error, filterbank, log base).
+        """
+        fmin0 = float(self.fixed.get("fmin", 0.0))
+        fmax0 = self.fixed.get("fmax")
+        starts = []
+        for pair in self._values("scale"):
+            bank = _Bank(fmin0, fmax0, pair[0], pair[1])
+            starts.append((self.loud_error(s, bank)[1], bank))
+        starts.sort(key=lambda item: item[0])
+        best: Optional[tuple[float, _Bank, str]] = None
+        for mean, bank in starts[:2]:
+            for _ in range(3):
+                before = mean
+                for name in ("fmax", "fmin", "scale"):
+                    for value in self._values(name):
+                        trial = self._with(bank, name, value)
+                        if trial is None or trial == bank:
+                            continue
+                        trial_mean = self.loud_error(s, trial)[1]
+                        if trial_mean < mean:
+                            mean, bank = trial_mean, trial
+                    if name != "scale" and name not in self.fixed and self.loud_error(s, bank)[0] > self.tolerance * 0.1:
+                        mean, bank = self._refine(s, bank, name, mean)
+                if mean >= before * 0.999:
+                    break
+            worst, _, base = self.loud_error(s, bank)
+            if worst > self.tolerance * 0.1 and "fmin" not in self.fixed and "fmax" not in self.fixed:
+                bank = self._refine_jointly(s, bank, mean)
+                worst, _, base = self.loud_error(s, bank)
+            if best is None or worst < best[0]:
+                best = (worst, bank, base)
+            if worst <= self.tolerance * 0.1:
+                break
+        assert best is not None
+        return best
+
+    def _refine_jointly(self, s: _Structure, bank: _Bank, mean: float) -> _Bank:
+        """Nelder-Mead on (fmin, fmax) together (the mel points interpolate between both), then the
+        nearest grid, whole-Hz or half-Hz values where they fit as well."""
+        from scipy.optimize import minimize
+
+        nyquist = self.sr / 2
+
+        def make(fmin: float, fmax: float) -> Optional[_Bank]:
+            if not 0 <= fmin < fmax <= nyquist:
+                return None
+            return dataclasses.replace(bank, fmin=float(fmin), fmax=None if fmax == nyquist else float(fmax))
+
+        def cost(x: np.ndarray) -> float:
+            trial = make(float(x[0]), min(float(x[1]), nyquist))
+            return math.inf if trial is None else self.loud_error(s, trial)[1]
+
+        start = np.array([bank.fmin, nyquist if bank.fmax is None else bank.fmax])
+        result = minimize(cost, start, method="Nelder-Mead",
+                          options={"xatol": 1e-3, "fatol": 1e-12, "initial_simplex": [start, start + [5, 0], start + [0, 50]]})
+        if not result.fun < mean:
+            return bank
+        fmin, fmax = float(result.x[0]), min(float(result.x[1]), nyquist)
+
+        def options(value: float, grid: Sequence[float]) -> list[float]:
+            near = sorted(grid, key=lambda g: abs(g - value))[:1]
+            return [v for v in near if abs(v - value) <= max(1.0, 0.01 * value)] + [round(value), round(value * 2) / 2, value]
+
+        fmin_grid = list(FMINS)
+        fmax_grid = [nyquist if f is None else f for f in FMAXS if f is None or f <= nyquist]
+        for low in options(fmin, fmin_grid):
+            for high in options(fmax, fmax_grid):
+                trial = make(low, min(high, nyquist))
+                if trial is not None and self.loud_error(s, trial)[1] <= result.fun * 1.5 + 1e-9:
+                    return trial
+        return bank
+
+    def _refine(self, s: _Structure, bank: _Bank, name: str, mean: float) -> tuple[float, _Bank]:
+        """A bounded 1-D search of fmin or fmax between the grid neighbours of its value, snapped
+        to whole or half Hz when that fits as well."""
         from scipy.optimize import minimize_scalar
 
         nyquist = self.sr / 2
-        for _ in range(2):
-            for name in ("fmax", "fmin"):
-                if error <= self.tolerance or name in self.fixed:
-                    continue
-                current = nyquist if (name == "fmax" and bank.fmax is None) else getattr(bank, name)
-                lo, hi = ((max(bank.fmin + 100.0, current * 0.8), nyquist) if name == "fmax"
-                          else (0.0, min(current * 1.5 + 60.0, (bank.fmax or nyquist) - 100.0)))
-                if hi <= lo:
-                    continue
+        grid = sorted({nyquist if v is None else float(v) for v in self._values(name)} | {0.0, nyquist})
+        current = nyquist if (name == "fmax" and bank.fmax is None) else float(getattr(bank, name))
+        lower = max([v for v in grid if v < current] or [current * 0.9])
+        upper = min([v for v in grid if v > current] or [min(nyquist, current * 1.1 + 1.0)])
+        if upper - lower < 1e-6:
+            return mean, bank
 
-                def cost(value: float, name: str = name) -> float:
-                    return self.loud_error(s, dataclasses.replace(bank, **{name: float(value)}))[0]
+        def cost(value: float) -> float:
+            trial = self._with(bank, name, value)
+            return math.inf if trial is None else self.loud_error(s, trial)[1]
 
-                result = minimize_scalar(cost, bounds=(lo, hi), method="bounded", options={"xatol": 1e-3})
-                for value in (round(result.x), round(result.x * 2) / 2, float(result.x)):
-                    trial = dataclasses.replace(bank, **{name: float(value)})
-                    trial_error = self.loud_error(s, trial)[0]
-                    if trial_error < error * 0.5 or trial_error <= self.tolerance:
-                        bank, error = trial, trial_error
-                        break
-        return bank, error
+        result = minimize_scalar(cost, bounds=(lower, upper), method="bounded", options={"xatol": 1e-3})
+        if not result.fun < mean:
+            return mean, bank
+        for value in (round(result.x), round(result.x * 2) / 2, round(result.x, 2)):
+            value_mean = cost(value)
+            if value_mean <= result.fun * 1.5 + 1e-9:
+                trial = self._with(bank, name, value)
+                assert trial is not None
+                return value_mean, trial
+        return mean, bank
 
     # -------------------------------------------------------------- fine fit (all entries)
     def fine(self, s: _Structure, bank: _Bank, base: str) -> list[Candidate]:
@@ -665,29 +788,21 @@ def fit_config(
     structures = _structures(pairs, fixed)
     if not structures:
         return []
-    # Coarse: every structure with a few common filterbanks; keep the best few.
-    coarse = []
-    common = fitter.banks(wide=False)
-    for s in structures:
-        scored = [(fitter.loud_error(s, bank), bank) for bank in common]
-        (err, base), bank = min(scored, key=lambda item: item[0][0])
-        coarse.append((err, s, bank, base))
-        if err <= tolerance * 0.1:
+    # Common structures (window = n_fft or 4 hops, power-of-two n_fft or 4 hops) first; the rest
+    # only when none of them reproduces the mels, and then the most plausible few.
+    common = [s for s in structures if _common(s, sampling_rate)]
+    rest = [s for s in structures if not _common(s, sampling_rate)][:24]
+    scored: list[tuple[float, _Structure, _Bank, str]] = []
+    for group in (common, rest):
+        # Most promising first: a few common filterbanks rank the structures cheaply.
+        for s in sorted(group, key=fitter.quick_score):
+            err, bank, base = fitter.descend(s)
+            scored.append((err, s, bank, base))
+            if err <= tolerance * 0.1:
+                break
+        if scored and min(item[0] for item in scored) <= tolerance:
             break
-    coarse.sort(key=lambda item: item[0])
-    shortlist = coarse[:4]
-    # Filterbank grid for the shortlisted structures, refined where no common value fits.
-    fine_inputs = []
-    for err, s, bank, base in shortlist:
-        if err > tolerance * 0.1:
-            scored = sorted(((fitter.loud_error(s, b), b) for b in fitter.banks(wide=True)), key=lambda i: i[0][0])
-            (err, base), bank = scored[0]
-            if err > tolerance * 0.1:
-                bank, err = fitter.refine(s, bank, err)
-                base = fitter.loud_error(s, bank)[1]
-            fine_inputs.extend((e, s, b, bb) for (e, bb), b in scored[1:3])
-        fine_inputs.append((err, s, bank, base))
-    fine_inputs.sort(key=lambda item: item[0])
+    fine_inputs = sorted(scored, key=lambda item: item[0])
     candidates: list[Candidate] = []
     for _, s, bank, base in fine_inputs[:3]:
         candidates.extend(fitter.fine(s, bank, base))
