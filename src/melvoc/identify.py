@@ -82,7 +82,7 @@ _LN10 = math.log(10.0)
 _FIELDS = tuple(f.name for f in dataclasses.fields(MelConfig))
 # Floors with a name people know them by: (log base, clip value) -> lineage.
 _LINEAGES = {
-    ("e", 1e-5): "HiFi-GAN/VITS/BigVGAN-style",
+    ("e", 1e-5): "HiFi-GAN/BigVGAN-style",
     ("e", 1e-7): "Vocos-style",
     ("10", 1e-5): "log10, Tacotron/ESPnet-style",
     ("10", 1e-10): "log10, ParallelWaveGAN/ESPnet-style",
@@ -203,10 +203,16 @@ def _floor_meaning(value: float) -> list[tuple[str, float]]:
     return readings
 
 
+def _short(value: float) -> str:
+    """``1e-07`` -> ``1e-7``, ``2e-06`` -> ``2e-6``, ``0.001`` -> ``1e-3``."""
+    mantissa, exponent = f"{value:.6e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
 def _describe_floor(base: str, clip: float) -> str:
     name = _LINEAGES.get((base, clip))
     function = {"e": "ln", "10": "log10", "dB": "20·log10"}[base]
-    return f"{function}({clip:g})" + (f", {name}" if name else "")
+    return f"{function}({_short(clip)})" + (f", {name}" if name else "")
 
 
 @dataclass
@@ -969,13 +975,13 @@ def _config_floor_text(config: MelConfig, silence: np.ndarray) -> str:
     function = "ln" if config.log_base == "e" else "log10"
     floor = _log(config.clip_val, config.log_base)
     if np.allclose(silence, floor):
-        return f"{function}({config.clip_val:g}) = {floor:.2f}"
-    return (f"{silence.min():.2f}..{silence.max():.2f} per band ({function} of sqrt(eps={config.eps:g}) "
-            f"times each filter's sum, above the clamp {function}({config.clip_val:g}))")
+        return f"{function}({_short(config.clip_val)}) = {floor:.2f}"
+    return (f"{silence.min():.2f}..{silence.max():.2f} per band ({function} of sqrt(eps={_short(config.eps)}) "
+            f"times each filter's sum, above the clamp {function}({_short(config.clip_val)}))")
 
 
 def check_mel_statistics(mel: np.ndarray | torch.Tensor, config: MelConfig, *, name: str = "these mels",
-                         fix: str = "") -> None:
+                         against: str = "the checkpoint's features", fix: str = "") -> None:
     """Stop on mels whose statistics contradict ``config``: num_mels, floor, range, log base.
 
     Teacher-forced mels are predictions, so values a little below the floor are fine; the check
@@ -983,12 +989,13 @@ def check_mel_statistics(mel: np.ndarray | torch.Tensor, config: MelConfig, *, n
     values far below the floor, or values above what [-1, 1] audio can reach.
 
     Raises:
-        MelMismatchError: naming ``name``, quoting both sides and ending with ``fix``.
+        MelMismatchError: naming ``name``, quoting both sides (``against`` names the features) and
+            ending with ``fix``.
     """
     array = _as_2d(mel, name)
     tail = f" ({fix})" if fix else ""
     if array.shape[0] != config.num_mels:
-        raise MelMismatchError(f"{name}: {array.shape[0]} mel bands, the checkpoint's features have "
+        raise MelMismatchError(f"{name}: {array.shape[0]} mel bands, {against} have "
                                f"num_mels={config.num_mels}{tail}", name)
     stats = mel_statistics([array])
     silence, peak = _expected_range(config)
@@ -997,23 +1004,24 @@ def check_mel_statistics(mel: np.ndarray | torch.Tensor, config: MelConfig, *, n
     if stats.floor is not None and abs(stats.floor - silence.min()) > 0.05 * scale and not (
         silence.min() - 0.05 * scale <= stats.floor <= silence.max() + 0.05 * scale
     ):
-        raise MelMismatchError(f"{name} floor at {_floor_text(stats.floor)}; the checkpoint's features floor at "
+        raise MelMismatchError(f"{name} floor at {_floor_text(stats.floor)}; {against} floor at "
                                f"{expected}{tail}", name)
     margin = max(1.0 * scale, 0.2 * abs(float(silence.min())))
     if stats.minimum < silence.min() - margin:
-        raise MelMismatchError(f"{name} go down to {_floor_text(stats.minimum)}, far below the checkpoint's "
-                               f"floor {expected}: made with a lower floor or another log base{tail}", name)
+        raise MelMismatchError(f"{name} go down to {_floor_text(stats.minimum)}, far below the floor of "
+                               f"{against}, {expected}: made with a lower floor or another log base{tail}", name)
     if stats.maximum > peak + 0.5 * scale:
         hint = ""
         if stats.normalisation:
             hint = f"; they look like {stats.normalisation}"
         elif config.log_base == "e" and stats.maximum - peak > 8:
             hint = "; made from integer-scale audio (not divided by 32768: +10.4)?"
-        raise MelMismatchError(f"{name} reach {stats.maximum:.2f}, above the most [-1, 1] audio gives under the "
-                               f"checkpoint's features ({peak:.2f}){hint}{tail}", name)
+        raise MelMismatchError(f"{name} reach {stats.maximum:.2f}, above the most [-1, 1] audio gives under "
+                               f"{against} ({peak:.2f}){hint}{tail}", name)
 
 
-def check_mel_files(paths: Sequence[str | Path], config: MelConfig, *, fix: str, limit: int = 16) -> None:
+def check_mel_files(paths: Sequence[str | Path], config: MelConfig, *, fix: str, limit: int = 16,
+                    against: str = "the checkpoint's features") -> None:
     """:func:`check_mel_statistics` on up to ``limit`` of the mel files ``paths`` (spread over the list)."""
     from melvoc.data.dataset import read_mel_tensor
 
@@ -1022,7 +1030,10 @@ def check_mel_files(paths: Sequence[str | Path], config: MelConfig, *, fix: str,
         return
     step = max(1, len(paths) // limit)
     for path in paths[::step][:limit]:
-        check_mel_statistics(read_mel_tensor(path), config, name=f"{path}: these mels", fix=fix)
+        mel = read_mel_tensor(path)
+        if mel.shape[-2:-1] != (config.num_mels,) or mel.dim() not in (2, 3):
+            continue  # a wrong shape is reported where the mels are loaded, with the fix for it
+        check_mel_statistics(mel, config, name=f"{path}: these mels", against=against, fix=fix)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from melvoc.data.dataset import read_mel_tensor, silence_log_mel
 from melvoc.data.io import AUDIO_EXTENSIONS, AudioDataError, AudioInfo, audio_info, read_audio, resampled_length
 from melvoc.features import MelConfig, MelSpectrogram, min_audio_length
+from melvoc.identify import check_mel_files
 from melvoc.inference import CheckpointError, load_generator
 
 __all__ = [
@@ -296,6 +297,7 @@ def synthesize(
     resample: bool = True,
     peak_normalize: Optional[float] = None,
     progress: Optional[bool] = None,
+    check_mels: bool = True,
 ) -> list[Path]:
     """Vocode ``inputs`` (audio or mel files, or folders) with the generator in ``checkpoint``.
 
@@ -312,6 +314,8 @@ def synthesize(
         peak_normalize: scale each audio input to this peak first, as ``data.peak_normalize`` did
             in training (HiFi-GAN recipes: 0.95), or ``None``.
         progress: show a tqdm bar (``None``: only on a terminal).
+        check_mels: stop on mel files whose floor, range or log base contradict the checkpoint's
+            features (:func:`melvoc.identify.check_mel_statistics`); ``False`` goes on anyway.
 
     Returns:
         The written WAV files, in the order of ``inputs``.
@@ -319,6 +323,7 @@ def synthesize(
     Raises:
         FileNotFoundError, CheckpointError: the checkpoint is missing or not a melvoc checkpoint.
         SynthesisError: bad inputs (all listed at once, before anything is written) or arguments.
+        MelMismatchError: mel files made with other features (see ``check_mels``).
     """
     if batch_size < 1:
         raise SynthesisError(f"--batch-size {batch_size}: must be >= 1")
@@ -330,6 +335,9 @@ def synthesize(
     generator = load_generator(checkpoint, map_location=torch_device)
     config: MelConfig = generator.config
     items = collect_inputs(inputs, config, output_dir, resample=resample)
+    if check_mels:
+        mel_files = [item.path for item in items if item.kind == "mel"]
+        check_mel_files(mel_files, config, fix="pass --skip-mel-check to synthesize them anyway", limit=len(mel_files))
     Path(output_dir).expanduser().mkdir(parents=True, exist_ok=True)
     mel_fn = MelSpectrogram(config).to(torch_device)
     pad_value = silence_log_mel(config)
@@ -396,6 +404,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--peak-normalize", type=float, default=None, metavar="PEAK",
                         help="scale audio inputs to this peak first, as data.peak_normalize in training "
                              "(e.g. 0.95 for the HiFi-GAN recipes; default: off)")
+    parser.add_argument("--skip-mel-check", dest="check_mels", action="store_false",
+                        help="synthesize mel files even when their floor, range or log base contradict the "
+                             "checkpoint's features (see python -m melvoc.identify)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     return parser
 
@@ -413,6 +424,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             resample=args.resample,
             peak_normalize=args.peak_normalize,
             progress=False if args.quiet else None,
+            check_mels=args.check_mels,
         )
     except (FileNotFoundError, CheckpointError, SynthesisError, AudioDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
