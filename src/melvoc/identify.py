@@ -46,8 +46,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from melvoc.data.io import AudioDataError
-from melvoc.features import MelConfig, mel_filterbank, mel_spectrogram, num_frames, spectrogram
+from melvoc.features import MelConfig, mel_filterbank, mel_spectrogram, num_frames, spec_to_mel, spectrogram
 
 __all__ = [
     "Candidate",
@@ -94,8 +93,16 @@ class UsageError(Exception):
     """A bad command line or input file."""
 
 
-class MelMismatchError(AudioDataError):
-    """Mels whose statistics contradict the features they are fed to (the message quotes both)."""
+class MelMismatchError(ValueError):
+    """Mels whose statistics contradict the features they are fed to (the message quotes both).
+
+    Not an ``AudioDataError``: importing :mod:`melvoc.data` would pull in Lightning (seconds) for
+    the command line tools.
+    """
+
+    def __init__(self, message: str, path: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -463,7 +470,9 @@ def _power(audio: np.ndarray, sr: int, s: _Structure) -> np.ndarray:
 class _Fitter:
     """The search over one set of (mel, audio) pairs at one rate."""
 
-    def __init__(self, pairs: Sequence[_Pair], sr: int, fixed: Mapping[str, Any], tolerance: float) -> None:
+    def __init__(self, pairs: Sequence[_Pair], sr: int, fixed: Mapping[str, Any], tolerance: float,
+                 spectra: Optional[Sequence[np.ndarray]] = None) -> None:
+        self.spectra = spectra
         self.pairs = list(pairs)
         self.sr = sr
         self.num_mels = pairs[0].mel.shape[0]
@@ -486,15 +495,14 @@ class _Fitter:
 
     def powers(self, s: _Structure) -> list[np.ndarray]:
         """``re^2 + im^2`` per file, ``(n_freqs, F)``; the last few structures are kept."""
+        if self.spectra is not None:
+            return self._cached(self._powers, s, lambda: [sp**2 for sp in self.spectra])
         return self._cached(self._powers, s, lambda: [_power(p.audio, self.sr, s) for p in self.pairs])
 
     def _coarse(self, s: _Structure) -> np.ndarray:
         """Magnitudes of the coarse frames of all files side by side, ``(n_freqs, C)``."""
         def build() -> np.ndarray:
-            if s in self._powers:
-                powers = self._powers[s]
-            else:
-                powers = [_power(p.audio, self.sr, s) for p in self.pairs]
+            powers = self._powers[s] if s in self._powers else self.powers(s)
             return np.sqrt(np.concatenate([power[:, p.columns] for power, p in zip(powers, self.pairs)], axis=1))
 
         return self._cached(self._magnitudes, s, build)
@@ -742,13 +750,17 @@ class _Fitter:
         return err, eps
 
 
-def _verify(candidate: Candidate, pairs: Sequence[_Pair]) -> float:
-    """Max abs difference of melvoc.features' float64 mels with ``candidate.config`` (in the mels' units)."""
+def _verify(candidate: Candidate, pairs: Sequence[_Pair], spectra: Optional[Sequence[np.ndarray]] = None) -> float:
+    """Max abs difference of melvoc.features' float64 mels with ``candidate.config`` (in the mels' units):
+    :func:`~melvoc.features.mel_spectrogram` of the audio, or :func:`~melvoc.features.spec_to_mel` of ``spectra``."""
     worst = 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for pair in pairs:
-            mel = mel_spectrogram(torch.from_numpy(pair.audio), candidate.config).numpy()
+        for index, pair in enumerate(pairs):
+            if spectra is not None:
+                mel = spec_to_mel(torch.from_numpy(spectra[index]), candidate.config).numpy()
+            else:
+                mel = mel_spectrogram(torch.from_numpy(pair.audio), candidate.config).numpy()
             if mel.shape != pair.mel.shape:
                 return math.inf
             diff = np.abs(mel - pair.mel)
@@ -765,6 +777,7 @@ def fit_config(
     fixed: Optional[Mapping[str, Any]] = None,
     tolerance: float = DEFAULT_TOLERANCE,
     max_candidates: int = 6,
+    spectra: Optional[Sequence[np.ndarray]] = None,
 ) -> list[Candidate]:
     """MelConfigs that best reproduce ``mels`` from ``audios``, best first, errors verified by melvoc.features.
 
@@ -775,6 +788,9 @@ def fit_config(
         fixed: MelConfig fields known beforehand (e.g. the arguments a function was called with);
             the search keeps them.
         tolerance: max abs error (mels' units) under which a config reproduces the mels.
+        spectra: instead of computing them from the audio, the linear magnitudes ``(n_fft // 2 + 1,
+            frames)`` the mels were made of (``spec_to_mel``: then ``fixed`` must hold ``n_fft``,
+            and only the filterbank and the log are fitted).
 
     Returns:
         The verified candidates, sorted by max error: the best ``max_candidates`` and every other
@@ -790,8 +806,16 @@ def fit_config(
         pairs.append(_Pair(str(index), array, wave, _columns(array.shape[1])))
     if not pairs:
         return []
-    fitter = _Fitter(pairs, sampling_rate, fixed, tolerance)
-    structures = _structures(pairs, fixed)
+    if spectra is not None:
+        spectra = [np.asarray(sp, np.float64) for sp in spectra]
+        fixed["eps"] = 0.0
+        n_fft = int(fixed["n_fft"])
+        structures = [_Structure(n_fft, int(fixed.get("hop_size", n_fft // 4)), int(fixed.get("win_size", n_fft)),
+                                 "reflect", False)]
+        fitter = _Fitter(pairs, sampling_rate, fixed, tolerance, spectra)
+    else:
+        fitter = _Fitter(pairs, sampling_rate, fixed, tolerance)
+        structures = _structures(pairs, fixed)
     if not structures:
         return []
     # Common structures (window = n_fft or 4 hops, power-of-two n_fft or 4 hops) first; the rest
@@ -815,7 +839,7 @@ def fit_config(
     candidates.sort(key=lambda c: c.max_error)
     # Verify the best few and every other config the fit puts near the tolerance.
     chosen = candidates[:max_candidates] + [c for c in candidates[max_candidates:] if c.max_error <= 2 * tolerance]
-    verified = [Candidate(c.config, _verify(c, pairs)) for c in chosen[: 4 * max_candidates]]
+    verified = [Candidate(c.config, _verify(c, pairs, spectra)) for c in chosen[: 4 * max_candidates]]
     verified.sort(key=lambda c: c.max_error)
     unique: list[Candidate] = []
     for candidate in verified:
@@ -830,22 +854,30 @@ def fit_config(
 
 
 def _read_mel(path: Path) -> np.ndarray:
-    from melvoc.data.dataset import read_mel_tensor
-
+    """A mel file, ``.npy`` or else ``torch.save``d, as float64 ``(num_mels, frames)``."""
     try:
-        return _as_2d(read_mel_tensor(path), str(path))
-    except AudioDataError as error:
-        raise UsageError(str(error)) from error
+        if path.suffix.lower() == ".npy":
+            mel: Any = np.load(path)
+        else:
+            mel = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UsageError(f"{path}: cannot read the mel ({type(error).__name__}: {error})") from error
+    if not isinstance(mel, (np.ndarray, torch.Tensor)):
+        raise UsageError(f"{path}: holds a {type(mel).__name__}, not a tensor of shape (num_mels, frames)")
+    return _as_2d(mel, str(path))
 
 
 def _read_audio(path: Path) -> tuple[np.ndarray, int]:
-    from melvoc.data.io import audio_info, read_mono
+    """Mono float64 samples and the file's rate."""
+    import soundfile as sf
 
     try:
-        info = audio_info(path)
-        return read_mono(info, 0, info.frames).astype(np.float64), info.sampling_rate
-    except AudioDataError as error:
-        raise UsageError(str(error)) from error
+        audio, rate = sf.read(str(path), dtype="float64", always_2d=True)
+    except Exception as error:
+        raise UsageError(f"{path}: unreadable audio ({type(error).__name__}: {error})") from error
+    if audio.shape[0] == 0:
+        raise UsageError(f"{path}: no audio samples")
+    return audio.mean(axis=1), int(rate)
 
 
 def _pair_files(mel_paths: Sequence[Path], audio_paths: Sequence[Path]) -> list[tuple[Path, Path]]:
@@ -1023,16 +1055,17 @@ def check_mel_statistics(mel: np.ndarray | torch.Tensor, config: MelConfig, *, n
 def check_mel_files(paths: Sequence[str | Path], config: MelConfig, *, fix: str, limit: int = 16,
                     against: str = "the checkpoint's features") -> None:
     """:func:`check_mel_statistics` on up to ``limit`` of the mel files ``paths`` (spread over the list)."""
-    from melvoc.data.dataset import read_mel_tensor
-
     paths = list(paths)
     if not paths:
         return
     step = max(1, len(paths) // limit)
     for path in paths[::step][:limit]:
-        mel = read_mel_tensor(path)
-        if mel.shape[-2:-1] != (config.num_mels,) or mel.dim() not in (2, 3):
-            continue  # a wrong shape is reported where the mels are loaded, with the fix for it
+        try:
+            mel = _read_mel(Path(path))
+        except UsageError:
+            continue  # unreadable or misshapen files are reported where the mels are loaded, with the fix
+        if mel.shape[0] != config.num_mels:
+            continue
         check_mel_statistics(mel, config, name=f"{path}: these mels", against=against, fix=fix)
 
 

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from melvoc.data.dataset import read_mel_tensor, silence_log_mel
 from melvoc.data.io import AUDIO_EXTENSIONS, AudioDataError, AudioInfo, audio_info, read_audio, resampled_length
 from melvoc.features import MelConfig, MelSpectrogram, min_audio_length
-from melvoc.identify import check_mel_files
+from melvoc.identify import MelMismatchError, check_mel_files
 from melvoc.inference import CheckpointError, load_generator
 
 __all__ = [
@@ -426,7 +426,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             progress=False if args.quiet else None,
             check_mels=args.check_mels,
         )
-    except (FileNotFoundError, CheckpointError, SynthesisError, AudioDataError) as exc:
+    except (FileNotFoundError, CheckpointError, SynthesisError, AudioDataError, MelMismatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not args.quiet:
