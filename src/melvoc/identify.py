@@ -1046,7 +1046,7 @@ def check_mel_statistics(mel: np.ndarray | torch.Tensor, config: MelConfig, *, n
         hint = ""
         if stats.normalisation:
             hint = f"; they look like {stats.normalisation}"
-        elif config.log_base == "e" and stats.maximum - peak > 8:
+        elif config.log_base == "e" and stats.maximum - peak > 5:
             hint = "; made from integer-scale audio (not divided by 32768: +10.4)?"
         raise MelMismatchError(f"{name} reach {stats.maximum:.2f}, above the most [-1, 1] audio gives under "
                                f"{against} ({peak:.2f}){hint}{tail}", name)
