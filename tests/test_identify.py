@@ -295,3 +295,27 @@ def test_finetuning_config_passes_the_switch_to_the_datasets(tmp_path):
         else:
             datamodule.setup("fit")
             assert datamodule.train_dataset is not None
+
+
+# ------------------------------------------------------------------------------------------- synthesis
+from tests._trained import _one_thread, exported, run  # noqa: E402,F401 (fixtures)
+
+
+def test_synthesis_stops_on_mels_of_other_features_unless_told(run, exported, tmp_path, capsys):
+    from melvoc.synthesize import main as synthesize_main
+
+    name = "tts_output"
+    audio = speechlike(run.features.sampling_rate, 1.0, 5)  # with silence, where the floors show
+    vocos_style = run.features.replace(eps=0.0, clip_val=1e-7)
+    mels = tmp_path / "mels"
+    mels.mkdir()
+    np.save(mels / f"{name}.npy", mel_spectrogram(torch.from_numpy(audio), vocos_style).numpy())
+    np.save(mels / "own.npy", run.val_mel[sorted(run.val_mel)[0]].numpy())  # the checkpoint's own mels pass
+    out = tmp_path / "out"
+    code = synthesize_main(["--checkpoint", str(exported), "--output-dir", str(out), "-q", str(mels)])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert f"{mels / name}.npy: these mels floor at -16.12 = ln(1e-7), Vocos-style" in err
+    assert "pass --skip-mel-check" in err
+    code = synthesize_main(["--checkpoint", str(exported), "--output-dir", str(out), "-q", "--skip-mel-check", str(mels)])
+    assert code == 0 and (out / f"{name}.wav").is_file() and (out / "own.wav").is_file()
