@@ -461,6 +461,12 @@ def _prior(s: _Structure) -> tuple:
             PADDINGS.index((s.pad_mode, s.center)), s.n_fft)
 
 
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` through torch, whose thread count the command line sets (NumPy's BLAS would start
+    its own threads, which on a busy machine contend for the cores)."""
+    return (torch.from_numpy(np.ascontiguousarray(a)) @ torch.from_numpy(np.ascontiguousarray(b))).numpy()
+
+
 def _power(audio: np.ndarray, sr: int, s: _Structure) -> np.ndarray:
     """``re^2 + im^2`` of the STFT as melvoc computes it (float64), ``(n_freqs, F)``."""
     config = MelConfig(sr, s.n_fft, s.hop_size, s.win_size, 1, pad_mode=s.pad_mode, center=s.center, eps=0.0)
@@ -526,7 +532,7 @@ class _Fitter:
         except (ValueError, FloatingPointError):
             return math.inf, math.inf, "e"
         with np.errstate(divide="ignore", invalid="ignore"):
-            predicted = np.log(np.maximum(weights @ self._coarse(s), 1e-30))[self._loud]
+            predicted = np.log(np.maximum(_matmul(weights, self._coarse(s)), 1e-30))[self._loud]
         best = (math.inf, math.inf, "e")
         for base, target in self._targets.items():
             diff = np.abs(predicted - target)
@@ -563,11 +569,13 @@ class _Fitter:
         top = self.sr / 2 if bank.fmax is None else bank.fmax
         return bank if bank.fmin < top else None
 
-    def descend(self, s: _Structure) -> tuple[float, _Bank, str]:
+    def descend(self, s: _Structure, thorough: bool = True) -> tuple[float, _Bank, str]:
         """The filterbank of structure ``s`` by coordinate descent over fmax, fmin and scale/norm,
         from the two best scale/norm starts; fmin/fmax are refined between grid values where no
         grid value fits. The objective is the mean error over the loud entries: nearly separable
         (fmin moves the low bands, fmax the high ones), where the max is set by the worst band alone.
+
+        ``thorough=False``: one round from the best start, no joint refinement (a first look).
 
         Returns (loud-entry max error, filterbank, log base).
         """
@@ -579,8 +587,8 @@ class _Fitter:
             starts.append((self.loud_error(s, bank)[1], bank))
         starts.sort(key=lambda item: item[0])
         best: Optional[tuple[float, _Bank, str]] = None
-        for mean, bank in starts[:2]:
-            for _ in range(3):
+        for mean, bank in starts[: 2 if thorough else 1]:
+            for _ in range(3 if thorough else 1):
                 before = mean
                 for name in ("fmax", "fmin", "scale"):
                     for value in self._values(name):
@@ -595,7 +603,7 @@ class _Fitter:
                 if mean >= before * 0.999:
                     break
             worst, _, base = self.loud_error(s, bank)
-            if worst > self.tolerance * 0.1 and "fmin" not in self.fixed and "fmax" not in self.fixed:
+            if thorough and worst > self.tolerance * 0.1 and "fmin" not in self.fixed and "fmax" not in self.fixed:
                 bank = self._refine_jointly(s, bank, mean)
                 worst, _, base = self.loud_error(s, bank)
             if best is None or worst < best[0]:
@@ -676,7 +684,7 @@ class _Fitter:
         scale = 1.0 if base == "e" else _LN10
         targets = [p.mel * scale for p in self.pairs]
         powers = self.powers(s)
-        linear = [weights @ np.sqrt(power) for power in powers]
+        linear = [_matmul(weights, np.sqrt(power)) for power in powers]
 
         cache: dict[float, list[np.ndarray]] = {0.0: linear}
 
@@ -684,7 +692,7 @@ class _Fitter:
             if eps not in cache:
                 if len(cache) > 64:
                     cache.pop(next(key for key in cache if key != 0.0))
-                cache[eps] = [weights @ np.sqrt(power + eps) for power in powers]
+                cache[eps] = [_matmul(weights, np.sqrt(power + eps)) for power in powers]
             return cache[eps]
 
         def error(eps: float, clip: float) -> float:
@@ -824,12 +832,20 @@ def fit_config(
     rest = [s for s in structures if not _common(s, sampling_rate)][:24]
     scored: list[tuple[float, _Structure, _Bank, str]] = []
     for group in (common, rest):
-        # Most promising first: a few common filterbanks rank the structures cheaply.
+        # Most promising first (a few common filterbanks rank the structures cheaply), each given a
+        # first look; then a thorough search on the best few when no first look reproduced the mels.
+        looks = []
         for s in sorted(group, key=fitter.quick_score):
-            err, bank, base = fitter.descend(s)
-            scored.append((err, s, bank, base))
+            err, bank, base = fitter.descend(s, thorough=False)
+            looks.append((err, s, bank, base))
             if err <= tolerance * 0.1:
                 break
+        looks.sort(key=lambda item: item[0])
+        scored.extend(looks)
+        if looks and looks[0][0] > tolerance * 0.1:
+            for _, s, _, _ in looks[:4]:
+                err, bank, base = fitter.descend(s, thorough=True)
+                scored.append((err, s, bank, base))
         if scored and min(item[0] for item in scored) <= tolerance:
             break
     fine_inputs = sorted(scored, key=lambda item: item[0])
@@ -1145,6 +1161,8 @@ def _finite(value: Any) -> Any:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``python -m melvoc.identify``; returns the exit code."""
     args = _parser().parse_args(argv)
+    # The search is thousands of small matrix products: extra threads only contend for the cores.
+    torch.set_num_threads(1)
     try:
         presets = load_presets(args.conf_dir)
         mel_paths = list(args.mels)
