@@ -569,7 +569,7 @@ class _Fitter:
         top = self.sr / 2 if bank.fmax is None else bank.fmax
         return bank if bank.fmin < top else None
 
-    def descend(self, s: _Structure, thorough: bool = True) -> tuple[float, _Bank, str]:
+    def descend(self, s: _Structure, thorough: bool = True) -> tuple[float, _Bank, str, float]:
         """The filterbank of structure ``s`` by coordinate descent over fmax, fmin and scale/norm,
         from the two best scale/norm starts; fmin/fmax are refined between grid values where no
         grid value fits. The objective is the mean error over the loud entries: nearly separable
@@ -577,7 +577,7 @@ class _Fitter:
 
         ``thorough=False``: one round from the best start, no joint refinement (a first look).
 
-        Returns (loud-entry max error, filterbank, log base).
+        Returns (loud-entry max error, filterbank, log base, loud-entry mean error).
         """
         fmin0 = float(self.fixed.get("fmin", 0.0))
         fmax0 = self.fixed.get("fmax")
@@ -586,7 +586,7 @@ class _Fitter:
             bank = _Bank(fmin0, fmax0, pair[0], pair[1])
             starts.append((self.loud_error(s, bank)[1], bank))
         starts.sort(key=lambda item: item[0])
-        best: Optional[tuple[float, _Bank, str]] = None
+        best: Optional[tuple[float, _Bank, str, float]] = None
         for mean, bank in starts[: 2 if thorough else 1]:
             for _ in range(3 if thorough else 1):
                 before = mean
@@ -607,7 +607,7 @@ class _Fitter:
                 bank = self._refine_jointly(s, bank, mean)
                 worst, _, base = self.loud_error(s, bank)
             if best is None or worst < best[0]:
-                best = (worst, bank, base)
+                best = (worst, bank, base, mean)
             if worst <= self.tolerance * 0.1:
                 break
         assert best is not None
@@ -836,16 +836,17 @@ def fit_config(
         # first look; then a thorough search on the best few when no first look reproduced the mels.
         looks = []
         for s in sorted(group, key=fitter.quick_score):
-            err, bank, base = fitter.descend(s, thorough=False)
-            looks.append((err, s, bank, base))
+            err, bank, base, mean = fitter.descend(s, thorough=False)
+            looks.append((mean, err, s, bank, base))
+            scored.append((err, s, bank, base))
             if err <= tolerance * 0.1:
                 break
-        looks.sort(key=lambda item: item[0])
-        scored.extend(looks)
-        if looks and looks[0][0] > tolerance * 0.1:
-            for _, s, _, _ in looks[:4]:
-                err, bank, base = fitter.descend(s, thorough=True)
+        if looks and min(item[1] for item in looks) > tolerance * 0.1:
+            for _, _, s, _, _ in sorted(looks, key=lambda item: item[0])[:5]:
+                err, bank, base, _ = fitter.descend(s, thorough=True)
                 scored.append((err, s, bank, base))
+                if err <= tolerance * 0.1:
+                    break
         if scored and min(item[0] for item in scored) <= tolerance:
             break
     fine_inputs = sorted(scored, key=lambda item: item[0])
