@@ -317,5 +317,6 @@ def test_synthesis_stops_on_mels_of_other_features_unless_told(run, exported, tm
     assert code == 2 and not out.exists()
     assert f"{mels / name}.npy: these mels floor at -16.12 = ln(1e-7), Vocos-style" in err
     assert "pass --skip-mel-check" in err
-    code = synthesize_main(["--checkpoint", str(exported), "--output-dir", str(out), "-q", "--skip-mel-check", str(mels)])
+    code = synthesize_main(["--checkpoint", str(exported), "--output-dir", str(out), "-q", "--skip-mel-check",
+                            str(mels)])
     assert code == 0 and (out / f"{name}.wav").is_file() and (out / "own.wav").is_file()

@@ -424,7 +424,8 @@ def _compare_compression(reference: Path, name: str, kind: str, seed: int, devic
     """A compression function against melvoc.compat's, called as callers do (defaults, C, clip_val);
     where it differs, its floor and log base are read off its outputs."""
     generator = torch.Generator().manual_seed(seed + 1)
-    magnitudes = torch.cat([torch.zeros(4), 10 ** (torch.rand(4096, generator=generator, dtype=torch.float64) * 12 - 8)])
+    decades = torch.rand(4096, generator=generator, dtype=torch.float64) * 12 - 8
+    magnitudes = torch.cat([torch.zeros(4), 10**decades])
     logs = torch.rand(4096, generator=generator, dtype=torch.float64) * 19 - 12
     data = magnitudes if kind == "compress" else logs
     diffs: dict[str, float] = {}
@@ -481,8 +482,9 @@ def _speed_ratio(legacy_fn: Callable[[], Any], melvoc_fn: Callable[[], Any], rep
     return legacy_best / melvoc_best if melvoc_best > 0 else None
 
 
-def compare_function(reference: Path, name: str, kind: str, preset: str, config: MelConfig, presets: dict[str, MelConfig],
-                     *, fit: bool = True, seed: int = 0, device: torch.device = torch.device("cpu"),
+def compare_function(reference: Path, name: str, kind: str, preset: str, config: MelConfig,
+                     presets: dict[str, MelConfig], *, fit: bool = True, seed: int = 0,
+                     device: torch.device = torch.device("cpu"),
                      repeat: int = 0) -> FunctionResult:
     """The verdict on one function of the copy at ``reference`` with the numbers of ``config``."""
     if kind in ("compress", "decompress"):
@@ -498,7 +500,8 @@ def compare_function(reference: Path, name: str, kind: str, preset: str, config:
                                 override=override, diffs=diffs)
     else:
         result = FunctionResult("differs", None, max(diffs.values()),
-                                f"differs from preset {preset} (float64 {diffs['float64']:.3g}, float32 {diffs['float32']:.3g})",
+                                f"differs from preset {preset} (float64 {diffs['float64']:.3g}, "
+                                f"float32 {diffs['float32']:.3g})",
                                 diffs=diffs)
         if fit:
             result = _fitted(kind, run, config, preset, presets, result)
@@ -521,10 +524,12 @@ def _fitted(kind: str, run: _Run, config: MelConfig, preset: str, presets: dict[
         if _within(diffs):
             _, override = override_line(candidate, presets)
             changed = [f"{k}={getattr(candidate, k)!r}" for k in candidate.to_dict()
-                       if getattr(candidate, k) != getattr(config, k) and not (k == "fmax" and candidate.f_max == config.f_max)]
+                       if getattr(candidate, k) != getattr(config, k)
+                       and not (k == "fmax" and candidate.f_max == config.f_max)]
             what = ("the spectrogram fixes only eps and padding; the mel fields are the preset's"
                     if kind == "spec" else "")
-            reason = f"reproduced with {', '.join(changed)} (not preset {preset}'s values)" + (f"; {what}" if what else "")
+            reason = f"reproduced with {', '.join(changed)} (not preset {preset}'s values)"
+            reason += f"; {what}" if what else ""
             return FunctionResult("match", candidate.to_dict(), worst, reason, override=override, diffs=diffs)
         if best is None or worst < best[0]:
             best = (worst, candidate, diffs)

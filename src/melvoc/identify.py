@@ -39,7 +39,7 @@ import sys
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -179,7 +179,8 @@ def override_line(config: MelConfig, presets: Mapping[str, MelConfig]) -> tuple[
         return None, " ".join(f"features.{f}={_hydra_value(getattr(config, f))}" for f in _FIELDS)
     name = best[1]
     parts = [f"features={name}"]
-    parts += [f"features.{f}={_hydra_value(getattr(config, f))}" for f in _FIELDS if not _same(f, config, presets[name])]
+    parts += [f"features.{f}={_hydra_value(getattr(config, f))}"
+              for f in _FIELDS if not _same(f, config, presets[name])]
     return name, " ".join(parts)
 
 
@@ -246,7 +247,6 @@ class MelStatistics:
     log_base: Optional[str] = None
     clip_val: Optional[float] = None
     normalisation: Optional[str] = None
-    notes: list[str] = field(default_factory=list)
 
 
 def _as_2d(mel: np.ndarray | torch.Tensor, name: str = "mel") -> np.ndarray:
@@ -323,7 +323,7 @@ class Candidate:
     """A config and how far its mels are from the given ones (max abs difference in the mels' units)."""
 
     config: MelConfig
-    max_error: float
+    max_error: Optional[float]  # None: not measured (no audio)
     preset: Optional[str] = None
     override: str = ""
 
@@ -383,7 +383,8 @@ def _quick_filterbank(sr: int, n_fft: int, num_mels: int, bank: _Bank) -> np.nda
     htk = bank.mel_scale == "htk"
     fmax = sr / 2 if bank.fmax is None else bank.fmax
     fft_freqs = np.linspace(0.0, sr / 2, n_fft // 2 + 1)
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(np.array(bank.fmin), htk), _hz_to_mel(np.array(fmax), htk), num_mels + 2), htk)
+    low, high = _hz_to_mel(np.array(bank.fmin), htk), _hz_to_mel(np.array(fmax), htk)
+    edges = _mel_to_hz(np.linspace(low, high, num_mels + 2), htk)
     widths = np.diff(edges)
     ramps = edges[:, None] - fft_freqs[None, :]
     weights = np.maximum(0.0, np.minimum(-ramps[:-2] / widths[:-1, None], ramps[2:] / widths[1:, None]))
@@ -598,7 +599,8 @@ class _Fitter:
                         trial_mean = self.loud_error(s, trial)[1]
                         if trial_mean < mean:
                             mean, bank = trial_mean, trial
-                    if name != "scale" and name not in self.fixed and self.loud_error(s, bank)[0] > self.tolerance * 0.1:
+                    needs_refining = name != "scale" and name not in self.fixed
+                    if needs_refining and self.loud_error(s, bank)[0] > self.tolerance * 0.1:
                         mean, bank = self._refine(s, bank, name, mean)
                 if mean >= before * 0.999:
                     break
@@ -631,14 +633,16 @@ class _Fitter:
 
         start = np.array([bank.fmin, nyquist if bank.fmax is None else bank.fmax])
         result = minimize(cost, start, method="Nelder-Mead",
-                          options={"xatol": 1e-3, "fatol": 1e-12, "initial_simplex": [start, start + [5, 0], start + [0, 50]]})
+                          options={"xatol": 1e-3, "fatol": 1e-12,
+                                   "initial_simplex": [start, start + [5, 0], start + [0, 50]]})
         if not result.fun < mean:
             return bank
         fmin, fmax = float(result.x[0]), min(float(result.x[1]), nyquist)
 
         def options(value: float, grid: Sequence[float]) -> list[float]:
             near = sorted(grid, key=lambda g: abs(g - value))[:1]
-            return [v for v in near if abs(v - value) <= max(1.0, 0.01 * value)] + [round(value), round(value * 2) / 2, value]
+            close = [v for v in near if abs(v - value) <= max(1.0, 0.01 * value)]
+            return close + [round(value), round(value * 2) / 2, value]
 
         fmin_grid = list(FMINS)
         fmax_grid = [nyquist if f is None else f for f in FMAXS if f is None or f <= nyquist]
@@ -934,7 +938,8 @@ def identify(
     if not arrays:
         raise UsageError("no mels given")
     if len({a.shape[0] for a in arrays}) != 1:
-        raise UsageError(f"mels with different band counts {sorted({a.shape[0] for a in arrays})}: identify one set at a time")
+        counts = sorted({a.shape[0] for a in arrays})
+        raise UsageError(f"mels with different band counts {counts}: identify one set at a time")
     stats = mel_statistics(arrays)
     presets = dict(presets or {})
     if not audios:
@@ -946,7 +951,8 @@ def identify(
     candidates = fit_config(arrays, [a for a, _ in audios], rate, tolerance=tolerance)
     if not candidates:
         frames = ", ".join(f"{a.shape[1]} frames / {len(w)} samples" for a, (w, _) in zip(arrays, audios))
-        raise UsageError(f"no hop size and padding give these frame counts ({frames}): are these the mels of this audio?")
+        raise UsageError(f"no hop size and padding give these frame counts ({frames}): "
+                         "are these the mels of this audio?")
     within = [c for c in candidates if c.max_error <= tolerance]
     for c in candidates:
         c.preset, c.override = override_line(c.config, presets)
@@ -981,15 +987,14 @@ def _identify_without_audio(stats: MelStatistics, presets: Mapping[str, MelConfi
     if stats.clip_val is not None and stats.log_base in ("e", "10"):
         config["log_base"], config["clip_val"] = stats.log_base, stats.clip_val
     consistent = [name for name, preset in presets.items()
-                  if all(_same(key, preset, dataclasses.replace(preset, **{key: value})) for key, value in config.items())]
+                  if all(_same(key, preset, dataclasses.replace(preset, **{key: value}))
+                         for key, value in config.items())]
     preset = consistent[0] if len(consistent) == 1 else None
-    candidates = [Candidate(presets[name], math.nan, name, f"features={name}") for name in consistent]
+    candidates = [Candidate(presets[name], None, name, f"features={name}") for name in consistent]
     if preset is not None:
         override = f"features={preset}"
     else:
         override = " ".join(f"features.{key}={_hydra_value(value)}" for key, value in config.items())
-    for candidate in candidates:
-        candidate.max_error = None  # type: ignore[assignment]
     return Identification(config=config, max_error=None, reproduces=False, preset=preset, override=override,
                           candidates=candidates, open=_open_without_audio(stats), statistics=stats,
                           tolerance=tolerance)
