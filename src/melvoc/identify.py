@@ -78,6 +78,7 @@ CLIP_VALUES = (1e-5, 1e-7, 1e-10, 1e-6, 1e-8, 1e-9, 1e-4)
 PADDINGS = (("reflect", False), ("zeros", False), ("none", True), ("none", False), ("reflect", True))
 SCALES = (("slaney", "slaney"), ("htk", None), ("slaney", None), ("htk", "slaney"))
 _LN10 = math.log(10.0)
+_LISTED = 8  # candidates printed (the JSON has them all)
 _FIELDS = tuple(f.name for f in dataclasses.fields(MelConfig))
 # Floors with a name people know them by: (log base, clip value) -> lineage.
 _LINEAGES = {
@@ -982,13 +983,23 @@ def _open_with_audio(best: Candidate, within: Sequence[Candidate]) -> list[str]:
     return notes
 
 
+def _silence_fits(stats: MelStatistics, config: MelConfig) -> bool:
+    """Whether the floor the mels show (if any) is what ``config`` gives digital silence."""
+    if stats.floor is None and stats.floor_per_band is None:
+        return True
+    silence, _ = _expected_range(config)
+    if stats.floor is not None:
+        return bool(silence.min() - 0.05 <= stats.floor <= silence.max() + 0.05)
+    return bool(np.allclose(stats.floor_per_band, silence, atol=0.05))
+
+
 def _identify_without_audio(stats: MelStatistics, presets: Mapping[str, MelConfig], tolerance: float) -> Identification:
     config: dict[str, Any] = {"num_mels": stats.num_mels}
     if stats.clip_val is not None and stats.log_base in ("e", "10"):
         config["log_base"], config["clip_val"] = stats.log_base, stats.clip_val
     consistent = [name for name, preset in presets.items()
                   if all(_same(key, preset, dataclasses.replace(preset, **{key: value}))
-                         for key, value in config.items())]
+                         for key, value in config.items()) and _silence_fits(stats, preset)]
     preset = consistent[0] if len(consistent) == 1 else None
     candidates = [Candidate(presets[name], None, name, f"features={name}") for name in consistent]
     if preset is not None:
@@ -1113,8 +1124,10 @@ def format_report(result: Identification, mel_count: int, audio_note: str) -> st
         lines.append(f"override: {result.override}")
         if result.candidates:
             lines.append("also within tolerance:" if result.reproduces else "next best candidates:")
-            for c in result.candidates:
+            for c in result.candidates[:_LISTED]:
                 lines.append(f"  max error {c.max_error:.3g}: {c.override}")
+            if len(result.candidates) > _LISTED:
+                lines.append(f"  ... and {len(result.candidates) - _LISTED} more (--json lists them all)")
         if result.open:
             lines.append("left open by these mels and audio:")
             lines.extend(f"  {note}" for note in result.open)
