@@ -249,7 +249,8 @@ def test_resampled_training_crops(tmp_path):
 
 # ---------------------------------------------------------------------------------------- fine-tuning
 def _frame_index_mel(frames: int) -> np.ndarray:
-    """A 'mel' whose every frame holds its own index, so crops can be located."""
+    """A 'mel' whose every frame holds its own index, so crops can be located (no log-mel: the
+    datasets below read it with check_mel_stats=False)."""
     return np.tile(np.arange(frames, dtype=np.float32), (FEATURES.num_mels, 1))
 
 
@@ -265,7 +266,7 @@ def test_finetuning_crops_audio_and_mel_in_lock_step(tmp_path, suffix):
         np.save(mel_dir / "utt1.npy", mel)
     else:
         torch.save(torch.from_numpy(mel)[None], mel_dir / "utt1.pt")  # HiFi-GAN's (1, num_mels, frames)
-    ds = AudioDataset([path], FEATURES, segment_size=seg, mel_dir=mel_dir)
+    ds = AudioDataset([path], FEATURES, segment_size=seg, mel_dir=mel_dir, check_mel_stats=False)
     torch.manual_seed(1)
     for _ in range(10):
         item = ds[0]
@@ -274,7 +275,7 @@ def test_finetuning_crops_audio_and_mel_in_lock_step(tmp_path, suffix):
         first = int(target[0, 0])
         np.testing.assert_array_equal(target[0].numpy(), np.arange(first, first + seg // hop))
         np.testing.assert_array_equal(item["audio"].numpy(), ramp(n)[first * hop : first * hop + seg])
-    whole = AudioDataset([path], FEATURES, mel_dir=mel_dir)[0]
+    whole = AudioDataset([path], FEATURES, mel_dir=mel_dir, check_mel_stats=False)[0]
     assert whole["mel_target"].shape[-1] * hop == whole["audio"].shape[0] == n
 
 
@@ -283,11 +284,11 @@ def test_finetuning_one_frame_off_is_fine_more_is_an_error(tmp_path):
     n = hop * 100
     path = write(tmp_path / "utt.wav", ramp(n))
     np.save(tmp_path / "utt.npy", _frame_index_mel(101))
-    item = AudioDataset([path], FEATURES, mel_dir=tmp_path)[0]
+    item = AudioDataset([path], FEATURES, mel_dir=tmp_path, check_mel_stats=False)[0]
     assert item["mel_target"].shape[-1] == 100 and item["audio"].shape[0] == n
     np.save(tmp_path / "utt.npy", _frame_index_mel(97))
     with pytest.raises(AudioDataError) as err:
-        AudioDataset([path], FEATURES, mel_dir=tmp_path)[0]
+        AudioDataset([path], FEATURES, mel_dir=tmp_path, check_mel_stats=False)[0]
     assert str(tmp_path / "utt.npy") in str(err.value)
     assert "97 mel frames" in str(err.value) and "gives 100 frames" in str(err.value)
 
@@ -306,7 +307,7 @@ def test_finetuning_collate_pads_mels_with_log_silence(tmp_path):
     for name, frames in (("a", 40), ("b", 60)):
         write(tmp_path / f"{name}.wav", ramp(hop * frames))
         np.save(tmp_path / f"{name}.npy", _frame_index_mel(frames))
-    ds = AudioDataset([tmp_path / "a.wav", tmp_path / "b.wav"], FEATURES, mel_dir=tmp_path)
+    ds = AudioDataset([tmp_path / "a.wav", tmp_path / "b.wav"], FEATURES, mel_dir=tmp_path, check_mel_stats=False)
     batch = AudioCollate(mel_pad_value=float(np.log(FEATURES.clip_val)))([ds[0], ds[1]])
     assert batch["mel_target"].shape == (2, 80, 60) and batch["audio"].shape == (2, 60 * hop)
     assert torch.allclose(batch["mel_target"][0, :, 40:], torch.tensor(float(np.log(1e-5))))

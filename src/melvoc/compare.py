@@ -1,79 +1,78 @@
-"""Check that :mod:`melvoc.compat` reproduces *your* copy of ``mel_processing.py``.
+"""Does melvoc reproduce *your* copy of ``mel_processing.py``, and with which MelConfig?
 
 Usage::
 
     python -m melvoc.compare --reference path/to/mel_processing.py [--preset NAME_OR_YAML ...]
-                             [--device cpu] [--repeat N] [--conf-dir conf/features]
+                             [--json OUT.json] [--no-fit] [--device cpu] [--repeat N] [--conf-dir DIR]
 
-The legacy module is imported from its path and its functions (``spectrogram_torch``,
-``spec_to_mel_torch``, ``mel_spectrogram_torch``, ``dynamic_range_(de)compression_torch``,
-``spectral_(de_)normalize_torch``; missing ones are skipped with a note) run next to melvoc.compat's
-on the same deterministic audio (in [-1, 1], with a stretch of digital silence; several batch sizes
-and lengths), in float32 and float64, with the numbers of each feature preset. The table shows the
-largest difference per function, the tolerance it is held to and the speed ratio (legacy time /
-melvoc time, best of ``--repeat`` interleaved measurements; melvoc.compat keeps its range check
-on, as a drop-in would, and the legacy functions do their own). The exit code is 1 when any function differs beyond tolerance
-or fails, 2 on a usage error.
+Every mel-like function of the copy is run on deterministic audio (in [-1, 1], with a stretch of
+digital silence; several batch sizes and lengths), in float32 and float64, with the numbers of a
+feature preset (default ``vits_22k``, the original's; presets come from ``conf/features/*.yaml``),
+and compared with :mod:`melvoc.features` under the preset's *whole* config (its ``eps``,
+``clip_val``, log base, mel scale and norm, padding). The functions:
 
-Tolerances: log outputs (mel, ``dynamic_range_compression``) absolute, linear outputs
-(spectrogram, decompression) relative to the reference's peak: float64 1e-10, float32 1e-5.
+- ``mel_spectrogram_torch``, ``spectrogram_torch``, ``spec_to_mel_torch``, the compression pairs
+  ``dynamic_range_(de)compression_torch`` and ``spectral_(de_)normalize_torch``;
+- any other function whose name holds ``mel`` or ``spec`` (``mel_spectrogram``, ``*_data``
+  wrappers, ...) when its parameters can be bound; the others are listed as skipped.
 
-Presets come from ``conf/features/*.yaml`` (``--conf-dir``, else ``./conf/features``, else the
-repository that holds this package); without a ``conf/`` (a wheel install) a built-in copy of the
-preset table is used. ``--preset`` also takes a path to a YAML file with MelConfig fields. Only
-presets the legacy signature can express are run: reflect pre-pad, slaney filterbank, natural log
-with floor 1e-5. The legacy functions have their magnitude epsilon built in (1e-6 in VITS), as has
-melvoc.compat, so a preset's ``eps`` plays no part here.
+Arguments are bound by parameter name (``sampling_rate`` or ``sample_rate``/``sr``, ``hop_size`` or
+``hop_length``, ...); a function that needs a parameter with no counterpart gets ``cannot_run``
+with the signature difference. Each function runs in a freshly imported copy of the module, per
+dtype, so no function sees a cache (``mel_basis``, ``hann_window``) another one filled. A first
+call (pre-flight) that raises gives ``cannot_run`` with one line saying why and the fix (old
+``torch.stft`` without ``return_complex``, positional ``librosa.filters.mel`` arguments, ...).
+A tuple return ``(mel, energy, ...)`` is compared by its first element.
 
-The original caches its filterbank by ``fmax`` alone; this tool clears the legacy module's
-``mel_basis``/``hann_window`` dicts before each preset so that it is not compared against a stale
-filterbank of the previous one.
+A function that differs from the preset is fitted (``--no-fit`` turns this off): the knobs its
+signature does not fix (``eps``, ``clip_val``, log base, mel scale/norm, padding; also ``fmin``/
+``fmax`` where it takes none) are searched with :mod:`melvoc.identify`'s machinery, and the config
+found is verified against :mod:`melvoc.features` in both dtypes. Status per function:
+
+- ``match``: a MelConfig reproduces it in float64 (1e-10) and float32 (1e-5); ``config`` holds it
+  (the preset's own, or the fitted one, with the Hydra override that selects it);
+- ``differs``: no config searched reproduces it (``reason`` gives the closest);
+- ``cannot_run``: it raised here, or its signature cannot be bound.
+
+Tolerances are absolute in the log domain: log-mels as they are, linear outputs (spectrogram,
+decompression) through ``ln`` (an eps difference under the square root shows there, where a
+tolerance relative to the peak hid it).
+
+``--json OUT`` writes ``{"functions": {NAME: {"status", "config", "max_diff", "reason"}}}`` (with
+several presets, NAME is ``function[preset]``). Exit codes: 0 all match, 1 some differ, 3 some
+cannot run (before 1), 2 usage error.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import importlib.util
+import inspect
 import itertools
+import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from melvoc import compat
-from melvoc.features import MelConfig, min_audio_length
+from melvoc.features import MelConfig, mel_spectrogram, min_audio_length, spec_to_mel, spectrogram
+from melvoc.identify import EPS_GRID, PADDINGS, UsageError, _nice, fit_config, load_presets, override_line, read_preset
 
-__all__ = ["FALLBACK_PRESETS", "Row", "find_conf_dir", "load_legacy", "load_presets", "main", "run_comparison"]
+__all__ = ["FunctionResult", "bind", "load_legacy", "main", "make_audio", "run_comparison"]
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
-
-# Mirrors conf/features/*.yaml (a test keeps the two in step); used only where conf/ is absent.
-FALLBACK_PRESETS: dict[str, dict[str, Any]] = {
-    "vits_22k": dict(sampling_rate=22050, n_fft=1024, hop_size=256, win_size=1024, num_mels=80,
-                     fmin=0.0, fmax=None, eps=1e-6),
-    "hifigan_22k": dict(sampling_rate=22050, n_fft=1024, hop_size=256, win_size=1024, num_mels=80,
-                        fmin=0.0, fmax=8000.0, eps=1e-9),
-    "sovits_44k": dict(sampling_rate=44100, n_fft=2048, hop_size=512, win_size=2048, num_mels=80,
-                       fmin=0.0, fmax=22050.0, eps=1e-6),
-    "bigvgan_24k": dict(sampling_rate=24000, n_fft=1024, hop_size=256, win_size=1024, num_mels=100,
-                        fmin=0.0, fmax=12000.0, eps=1e-9),
-    "bigvgan_44k": dict(sampling_rate=44100, n_fft=2048, hop_size=512, win_size=2048, num_mels=128,
-                        fmin=0.0, fmax=None, eps=1e-9),
-    "vocos_24k": dict(sampling_rate=24000, n_fft=1024, hop_size=256, win_size=1024, num_mels=100,
-                      fmin=0.0, fmax=None, center=True, eps=0.0, clip_val=1e-7, pad_mode="none",
-                      mel_scale="htk", mel_norm=None),
-}
-
-FUNCTIONS = (
+KNOWN = (
     "mel_spectrogram_torch",
     "spectrogram_torch",
     "spec_to_mel_torch",
@@ -82,36 +81,60 @@ FUNCTIONS = (
     "spectral_normalize_torch",
     "spectral_de_normalize_torch",
 )
-_LEGACY_CACHES = ("mel_basis", "hann_window")
-# melvoc.compat builds MelConfigs with the default (VITS) magnitude epsilon.
-_COMPAT_EPS = next(field.default for field in dataclasses.fields(MelConfig) if field.name == "eps")
-
-
-class UsageError(Exception):
-    """A bad command line: unknown preset, unreadable reference module, ..."""
-
-
-@dataclass
-class Row:
-    """One line of the table: a function on one preset and dtype."""
-
-    preset: str
-    function: str
-    dtype: str
-    max_abs_diff: Optional[float] = None
-    error: Optional[float] = None
-    kind: str = "abs"
-    tolerance: float = 0.0
-    ok: bool = False
-    speed_ratio: Optional[float] = None
-    note: str = ""
-
-
+_COMPRESSION = {
+    "dynamic_range_compression_torch": "compress",
+    "spectral_normalize_torch": "compress",
+    "dynamic_range_decompression_torch": "decompress",
+    "spectral_de_normalize_torch": "decompress",
+}
+# Parameter names of the copies in the wild, per MelConfig field (first: the original's name).
+ALIASES: dict[str, tuple[str, ...]] = {
+    "audio": ("y", "audio", "wav", "waveform", "signal", "x", "wave"),
+    "spec": ("spec", "spectrogram", "magnitudes", "magnitude", "S", "x", "linear"),
+    "n_fft": ("n_fft", "filter_length", "fft_size", "nfft"),
+    "num_mels": ("num_mels", "n_mels", "n_mel_channels", "mel_channels", "n_mel"),
+    "sampling_rate": ("sampling_rate", "sample_rate", "sr", "fs"),
+    "hop_size": ("hop_size", "hop_length", "hop"),
+    "win_size": ("win_size", "win_length", "window_size", "win"),
+    "fmin": ("fmin", "mel_fmin", "f_min"),
+    "fmax": ("fmax", "mel_fmax", "f_max"),
+    "center": ("center",),
+}
+_KINDS = {"mel": ("audio", "num_mels"), "spec": ("audio", "n_fft"), "spec_to_mel": ("spec", "num_mels")}
 _module_counter = itertools.count()
 
 
+@dataclass
+class FunctionResult:
+    """The verdict on one function (on one preset)."""
+
+    status: str  # match | differs | cannot_run
+    config: Optional[dict[str, Any]] = None
+    max_diff: Optional[float] = None
+    reason: str = ""
+    override: str = ""
+    speed_ratio: Optional[float] = None
+    diffs: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        diff = self.max_diff if self.max_diff is None or math.isfinite(self.max_diff) else None
+        return {"status": self.status, "config": self.config, "max_diff": diff, "reason": self.reason}
+
+
+class CannotRun(Exception):
+    """A function that cannot run here; the message is one line: why, and the fix."""
+
+
+# --------------------------------------------------------------------------------------------------
+# The copy: fresh imports, function discovery, binding by name
+# --------------------------------------------------------------------------------------------------
+
+
 def load_legacy(path: str | Path) -> ModuleType:
-    """Import a Python file as a fresh module with a unique name (its folder is importable meanwhile)."""
+    """Import a Python file as a fresh module with a unique name (its folder is importable meanwhile).
+
+    Each call executes the file anew, so module-level caches start empty.
+    """
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise UsageError(f"--reference {path}: no such file (give the path of your mel_processing.py)")
@@ -121,82 +144,133 @@ def load_legacy(path: str | Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise UsageError(f"--reference {path}: not importable as a Python module (expected a .py file)")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
     sys.path.insert(0, str(path.parent))
     try:
         spec.loader.exec_module(module)
     except Exception as error:
-        del sys.modules[name]
         raise UsageError(f"--reference {path}: importing it failed: {type(error).__name__}: {error}") from error
     finally:
         sys.path.remove(str(path.parent))
     return module
 
 
-def find_conf_dir(explicit: str | Path | None = None) -> Optional[Path]:
-    """The ``conf/features`` folder: ``explicit``, else under the cwd, else in this package's repository."""
-    if explicit is not None:
-        folder = Path(explicit)
-        if not folder.is_dir():
-            raise UsageError(f"--conf-dir {folder}: not a directory (expected conf/features)")
-        return folder
-    for folder in (Path.cwd() / "conf" / "features", Path(__file__).resolve().parents[2] / "conf" / "features"):
-        if folder.is_dir() and any(folder.glob("*.yaml")):
-            return folder
+def _kind(name: str, parameters: Sequence[str]) -> Optional[str]:
+    if name in _COMPRESSION:
+        return _COMPRESSION[name]
+    names = set(parameters)
+    has = {key: any(alias in names for alias in ALIASES[key]) for key in ("spec", "num_mels", "n_fft")}
+    first = parameters[0] if parameters else ""
+    if first in ALIASES["spec"] and first not in ("x",) and has["num_mels"]:
+        return "spec_to_mel"
+    if first in ALIASES["audio"] or first == "x":
+        if has["num_mels"] or "mel" in name.lower():
+            return "mel"
+        return "spec" if has["n_fft"] else None
     return None
 
 
-def _read_yaml(path: Path) -> MelConfig:
-    from omegaconf import OmegaConf
-
-    try:
-        return MelConfig.coerce(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
-    except Exception as error:  # YAML syntax, interpolation or MelConfig validation errors alike
-        raise UsageError(f"{path}: not a valid MelConfig preset: {error}") from error
-
-
-def available_presets(conf_dir: Optional[Path]) -> dict[str, Callable[[], MelConfig]]:
-    """Preset name -> loader, from ``conf_dir`` or, where that is None, the built-in table."""
-    if conf_dir is None:
-        return {name: (lambda fields=fields: MelConfig(**fields)) for name, fields in FALLBACK_PRESETS.items()}
-    return {path.stem: (lambda path=path: _read_yaml(path)) for path in sorted(conf_dir.glob("*.yaml"))}
-
-
-def legacy_incompatibility(config: MelConfig) -> list[str]:
-    """Why the legacy signature cannot express ``config`` (empty when it can)."""
-    fixed = {"pad_mode": "reflect", "mel_scale": "slaney", "mel_norm": "slaney", "log_base": "e", "clip_val": 1e-5}
-    return [f"{key}={getattr(config, key)!r}" for key, value in fixed.items() if getattr(config, key) != value]
-
-
-def load_presets(
-    requested: Sequence[str] | None, conf_dir: Optional[Path]
-) -> tuple[list[tuple[str, MelConfig]], list[str]]:
-    """Resolve ``--preset`` values (names or YAML paths) to configs; the notes say what was skipped."""
-    table = available_presets(conf_dir)
-    notes: list[str] = []
-    chosen: list[tuple[str, MelConfig]] = []
-    for entry in requested or sorted(table):
-        path = Path(entry)
-        if entry in table:
-            name, config = entry, table[entry]()
-        elif path.suffix in (".yaml", ".yml"):
-            if not path.is_file():
-                raise UsageError(f"--preset {entry}: no such file")
-            name, config = path.stem, _read_yaml(path)
-        else:
-            source = str(conf_dir) if conf_dir is not None else "the built-in table"
-            raise UsageError(f"--preset {entry}: unknown; available in {source}: {', '.join(sorted(table))}")
-        reasons = legacy_incompatibility(config)
-        if reasons:
-            notes.append(f"preset {name} skipped: the legacy signature cannot express {', '.join(reasons)}")
+def discover(module: ModuleType) -> tuple[dict[str, str], list[str]]:
+    """The functions to compare (name -> kind) and notes on the mel-like ones skipped."""
+    found: dict[str, str] = {}
+    skipped: list[str] = []
+    for name, value in vars(module).items():
+        if name.startswith("_") or not inspect.isfunction(value):
             continue
-        if config.eps != _COMPAT_EPS:
-            notes.append(
-                f"preset {name} has eps={config.eps:g}, which is no legacy argument: both sides use "
-                f"their built-in magnitude epsilon (melvoc.compat: {_COMPAT_EPS:g}, as VITS)"
-            )
-        chosen.append((name, config))
-    return chosen, notes
+        # Other mel-like functions only where the copy defines them (not librosa's, imported).
+        defined_here = getattr(value, "__module__", None) == module.__name__
+        if name not in KNOWN and not (defined_here and ("mel" in name.lower() or "spec" in name.lower())):
+            continue
+        parameters = list(inspect.signature(value).parameters)
+        kind = _kind(name, parameters)
+        if kind is None:
+            skipped.append(f"{name}({', '.join(parameters)}): not audio -> mel/spectrogram or spectrogram -> mel")
+            continue
+        if name not in KNOWN and kind in _KINDS:
+            try:
+                bind(value, kind, torch.zeros(1), MelConfig(22050, 1024, 256, 1024, 80))
+            except CannotRun as error:
+                skipped.append(f"{name}: {error}")
+                continue
+        found[name] = kind
+    return found, skipped
+
+
+def bind(function: Callable[..., Any], kind: str, data: Tensor, config: MelConfig) -> tuple[dict[str, Any], set[str]]:
+    """Keyword arguments for ``function`` by parameter name, and the MelConfig fields they fix.
+
+    Raises:
+        CannotRun: a parameter without default has no counterpart (the message shows both signatures).
+    """
+    values = {"n_fft": config.n_fft, "num_mels": config.num_mels, "sampling_rate": config.sampling_rate,
+              "hop_size": config.hop_size, "win_size": config.win_size, "fmin": config.fmin, "fmax": config.fmax,
+              "center": config.center}
+    signature = inspect.signature(function)
+    kwargs: dict[str, Any] = {}
+    fixed: set[str] = set()
+    data_key = "spec" if kind == "spec_to_mel" else "audio"
+    unbound: list[str] = []
+    for position, (name, parameter) in enumerate(signature.parameters.items()):
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        if position == 0:
+            kwargs[name] = data
+            continue
+        key = next((k for k, aliases in ALIASES.items() if k not in ("audio", "spec") and name in aliases), None)
+        if key is not None:
+            kwargs[name] = values[key]
+            fixed.add(key)
+        elif parameter.default is parameter.empty:
+            unbound.append(name)
+    if unbound:
+        expected = ", ".join(ALIASES[k][0] for k in ALIASES if k not in ("audio", "spec"))
+        raise CannotRun(
+            f"signature {function.__name__}({', '.join(signature.parameters)}): no counterpart for "
+            f"{', '.join(map(repr, unbound))} "
+            f"(melvoc passes the {data_key} and {expected}, also under the names "
+            f"{', '.join(sorted({a for k, v in ALIASES.items() if k not in ('audio', 'spec') for a in v[1:]}))}); "
+            "wrap it in a function with those parameters"
+        )
+    # Positional-only parameters cannot be passed by name.
+    positional = [n for n, p in signature.parameters.items() if p.kind == p.POSITIONAL_ONLY]
+    if positional:
+        args = [kwargs.pop(n) for n in positional if n in kwargs]
+        return {"__args__": args, **kwargs}, fixed
+    return kwargs, fixed
+
+
+def _call(function: Callable[..., Any], kwargs: dict[str, Any]) -> Tensor:
+    args = kwargs.get("__args__", [])
+    named = {k: v for k, v in kwargs.items() if k != "__args__"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = function(*args, **named)
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        out = out[0]
+    if not isinstance(out, Tensor):
+        raise CannotRun(f"returned {type(out).__name__}, not a tensor (or a tuple starting with one)")
+    return out
+
+
+def _why(error: BaseException) -> str:
+    """One line: what went wrong, and the fix."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+    lowered = text.lower()
+    if "return_complex" in lowered:
+        fix = ("torch.stft needs return_complex=True since torch 2.0: pass it and take "
+               "torch.view_as_real(...) (or .abs()) of the result")
+    elif "positional argument" in lowered and ("mel()" in lowered or "librosa" in lowered):
+        fix = ("librosa >= 0.10 takes keyword arguments only: librosa.filters.mel(sr=..., n_fft=..., "
+               "n_mels=..., fmin=..., fmax=...)")
+    elif isinstance(error, (KeyError, NameError)):
+        fix = "it depends on state another call sets up (a module cache or global): make it build what it needs"
+    else:
+        fix = "make it run with this torch/librosa, then compare again"
+    return f"{type(error).__name__}: {text[:200]}; fix: {fix}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Audio and comparisons
+# --------------------------------------------------------------------------------------------------
 
 
 def make_audio(config: MelConfig, seed: int, dtype: torch.dtype, device: torch.device) -> list[Tensor]:
@@ -221,212 +295,305 @@ def make_audio(config: MelConfig, seed: int, dtype: torch.dtype, device: torch.d
     return audio
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _log_diff(out: Tensor, ref: Tensor, linear: bool) -> float:
+    """Max abs difference, through ``ln`` for linear outputs; equal infinities count as equal."""
+    if tuple(out.shape) != tuple(ref.shape):
+        return math.inf
+    a, b = out.detach().double().cpu(), ref.detach().double().cpu()
+    if linear:
+        a, b = a.clamp_min(0).log(), b.clamp_min(0).log()
+    same = (a == b) | (a.isnan() & b.isnan())
+    diff = torch.where(same, torch.zeros_like(a), (a - b).abs())
+    if diff.isnan().any():
+        return math.inf
+    return float(diff.max()) if diff.numel() else 0.0
 
 
-def _speed_ratio(
-    legacy_fn: Callable[[], Any], melvoc_fn: Callable[[], Any], repeat: int, device: torch.device
-) -> Optional[float]:
-    """Legacy time / melvoc time, best of ``repeat`` interleaved measurements (so both see the same
-    machine load); quick functions are looped until one measurement takes >= 20 ms."""
+def _worst(outputs: Sequence[Tensor], references: Sequence[Tensor], linear: bool) -> float:
+    return max((_log_diff(o, r, linear) for o, r in zip(outputs, references)), default=0.0)
+
+
+def _melvoc(kind: str, data: Sequence[Tensor], config: MelConfig) -> list[Tensor]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "mel":
+            return [mel_spectrogram(y, config) for y in data]
+        if kind == "spec":
+            return [spectrogram(y, config) for y in data]
+        return [spec_to_mel(s, config) for s in data]
+
+
+@dataclass
+class _Run:
+    """One function's outputs per dtype on the shared inputs."""
+
+    inputs: dict[torch.dtype, list[Tensor]]
+    outputs: dict[torch.dtype, list[Tensor]]
+    fixed: set[str]
+
+
+def _run_function(reference: Path, name: str, kind: str, config: MelConfig, seed: int,
+                  device: torch.device) -> _Run:
+    """Run ``name`` on every audio case in float32 and float64, each dtype in a fresh copy of the
+    module (the float32 run is the pre-flight: its first call raising means cannot_run)."""
+    inputs: dict[torch.dtype, list[Tensor]] = {}
+    outputs: dict[torch.dtype, list[Tensor]] = {}
+    fixed: set[str] = set()
+    for dtype in (torch.float32, torch.float64):
+        audio = make_audio(config, seed, dtype, device)
+        data = audio if kind != "spec_to_mel" else _melvoc("spec", audio, config)
+        function = getattr(load_legacy(reference), name)
+        results = []
+        for index, item in enumerate(data):
+            kwargs, fixed = bind(function, kind, item, config)
+            try:
+                results.append(_call(function, kwargs))
+            except CannotRun:
+                raise
+            except Exception as error:
+                if index == 0 and dtype == torch.float32:
+                    raise CannotRun(_why(error)) from error
+                raise CannotRun(f"raised on a later input ({tuple(item.shape)}, {dtype}): {_why(error)}") from error
+        inputs[dtype], outputs[dtype] = data, results
+    return _Run(inputs, outputs, fixed)
+
+
+def _check(kind: str, run: _Run, config: MelConfig) -> dict[str, float]:
+    """Max log-domain difference per dtype of melvoc.features with ``config``."""
+    return {str(dtype).removeprefix("torch."): _worst(run.outputs[dtype], _melvoc(kind, run.inputs[dtype], config),
+                                                      linear=kind == "spec")
+            for dtype in run.outputs}
+
+
+def _within(diffs: dict[str, float]) -> bool:
+    return all(diffs[str(dtype).removeprefix("torch.")] <= tol for dtype, tol in TOLERANCE.items()
+               if str(dtype).removeprefix("torch.") in diffs)
+
+
+def _fit(kind: str, run: _Run, config: MelConfig) -> list[MelConfig]:
+    """Configs that may reproduce the function, best first (verified by the caller)."""
+    audio64, out64 = run.inputs[torch.float64], run.outputs[torch.float64]
+    if kind == "spec":
+        return _fit_spectrogram(audio64, out64, config, run.fixed)
+    fixed = {key: getattr(config, key) for key in run.fixed}
+    if kind == "spec_to_mel":
+        fixed.setdefault("n_fft", config.n_fft)
+    items_in, items_out = [], []
+    for data, out in zip(audio64, out64):
+        data2 = data.reshape(-1, *data.shape[-(2 if kind == "spec_to_mel" else 1):])
+        out2 = out.reshape(-1, *out.shape[-2:])
+        if out2.shape[0] != data2.shape[0]:
+            return []
+        items_in.extend(data2.numpy())
+        items_out.extend(out2.numpy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "spec_to_mel":
+            candidates = fit_config(items_out, [np.zeros(1)] * len(items_out), config.sampling_rate, fixed=fixed,
+                                    tolerance=1e-8, spectra=items_in)
+        else:
+            candidates = fit_config(items_out, items_in, config.sampling_rate, fixed=fixed, tolerance=1e-8)
+    configs = [c.config for c in candidates]
+    if kind == "spec_to_mel":
+        # spec_to_mel does not see the STFT: keep the preset's STFT fields.
+        configs = [c.replace(hop_size=config.hop_size, win_size=config.win_size, eps=config.eps,
+                             pad_mode=config.pad_mode, center=config.center) for c in configs]
+    return configs
+
+
+def _fit_spectrogram(audio: Sequence[Tensor], outputs: Sequence[Tensor], config: MelConfig,
+                     fixed: set[str]) -> list[MelConfig]:
+    """eps from ``out^2 - |X|^2`` (its median, snapped to a round value) for each padding family."""
+    paddings = [(mode, center) for mode, center in PADDINGS if "center" not in fixed or center == config.center]
+    configs = []
+    for pad_mode, center in paddings:
+        try:
+            base = config.replace(pad_mode=pad_mode, center=center, eps=0.0)
+            powers = [spectrogram(y, base).double() ** 2 for y in audio]
+        except ValueError:
+            continue
+        if any(p.shape != o.shape for p, o in zip(powers, outputs)):
+            continue
+        estimate = float(torch.cat([(o.double() ** 2 - p).reshape(-1) for p, o in zip(powers, outputs)]).median())
+        values = [v for v in (_nice(estimate, rel=1e-3), max(estimate, 0.0)) if v is not None] + list(EPS_GRID)
+        configs.extend(base.replace(eps=v) for v in dict.fromkeys(values))
+    return configs
+
+
+def _compare_compression(reference: Path, name: str, kind: str, seed: int, device: torch.device) -> FunctionResult:
+    """A compression function against melvoc.compat's, called as callers do (defaults, C, clip_val);
+    where it differs, its floor and log base are read off its outputs."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    decades = torch.rand(4096, generator=generator, dtype=torch.float64) * 12 - 8
+    magnitudes = torch.cat([torch.zeros(4), 10**decades])
+    logs = torch.rand(4096, generator=generator, dtype=torch.float64) * 19 - 12
+    data = magnitudes if kind == "compress" else logs
+    diffs: dict[str, float] = {}
+    outputs: dict[torch.dtype, Tensor] = {}
+    for dtype in (torch.float32, torch.float64):
+        x = data.to(device=device, dtype=dtype)
+        function = getattr(load_legacy(reference), name)
+        try:
+            out = _call(function, {"__args__": [x]})
+        except CannotRun as error:
+            return FunctionResult("cannot_run", reason=str(error))
+        except Exception as error:
+            return FunctionResult("cannot_run", reason=_why(error))
+        outputs[dtype] = out
+        expected = getattr(compat, name)(x)
+        diffs[str(dtype).removeprefix("torch.")] = _log_diff(out, expected, linear=kind == "decompress")
+    worst = max(diffs.values())
+    if _within(diffs):
+        fields = {"clip_val": 1e-5, "log_base": "e"} if kind == "compress" else {"log_base": "e"}
+        return FunctionResult("match", fields, worst, "as melvoc.compat (ln, clip_val 1e-5)", diffs=diffs)
+    # Read the knobs off the float64 outputs: the floor (compression) and the log base.
+    out = outputs[torch.float64].double()
+    for base, log, exp in (("e", torch.log, torch.exp), ("10", torch.log10, lambda v: 10.0**v)):
+        if kind == "compress":
+            clip = float(exp(out.min()))
+            clip = _nice(clip, rel=1e-6) or clip
+            candidate = log(torch.clamp(data, min=clip))
+            fields: dict[str, Any] = {"clip_val": clip, "log_base": base}
+        else:
+            candidate = exp(logs)
+            fields = {"log_base": base}
+        diff = _log_diff(out, candidate, linear=kind == "decompress")
+        if diff <= TOLERANCE[torch.float64]:
+            text = ", ".join(f"{k}={v!r}" for k, v in fields.items())
+            return FunctionResult("match", fields, diff, f"reproduced with {text} (melvoc.compat: log_base e, "
+                                  "clip_val 1e-5)", diffs={"float64": diff})
+    return FunctionResult("differs", None, worst, "no log base / floor reproduces it", diffs=diffs)
+
+
+def _speed_ratio(legacy_fn: Callable[[], Any], melvoc_fn: Callable[[], Any], repeat: int) -> Optional[float]:
+    """Legacy time / melvoc time, best of ``repeat`` interleaved measurements."""
     if repeat <= 0:
         return None
-    number = 1
-    while True:
-        elapsed = _measure(legacy_fn, number, device)
-        if elapsed >= 0.02 or number >= 1024:
-            break
-        number *= 4 if elapsed < 0.005 else 2
-    legacy_best, melvoc_best = elapsed, math.inf
-    for index in range(repeat):
-        melvoc_best = min(melvoc_best, _measure(melvoc_fn, number, device))
-        if index:
-            legacy_best = min(legacy_best, _measure(legacy_fn, number, device))
+    legacy_best = melvoc_best = math.inf
+    for _ in range(repeat):
+        for fn, slot in ((legacy_fn, 0), (melvoc_fn, 1)):
+            start = time.perf_counter()
+            fn()
+            elapsed = time.perf_counter() - start
+            if slot == 0:
+                legacy_best = min(legacy_best, elapsed)
+            else:
+                melvoc_best = min(melvoc_best, elapsed)
     return legacy_best / melvoc_best if melvoc_best > 0 else None
 
 
-def _measure(fn: Callable[[], Any], number: int, device: torch.device) -> float:
-    _synchronize(device)
-    start = time.perf_counter()
-    for _ in range(number):
-        fn()
-    _synchronize(device)
-    return time.perf_counter() - start
-
-
-def _clear_legacy_caches(legacy: ModuleType) -> None:
-    for name in _LEGACY_CACHES:
-        cache = getattr(legacy, name, None)
-        if isinstance(cache, dict):
-            cache.clear()
-
-
-def _compare_one(
-    row: Row,
-    legacy_fn: Callable[[], list[Tensor]],
-    melvoc_fn: Callable[[], list[Tensor]],
-    repeat: int,
-    device: torch.device,
-) -> Row:
+def compare_function(reference: Path, name: str, kind: str, preset: str, config: MelConfig,
+                     presets: dict[str, MelConfig], *, fit: bool = True, seed: int = 0,
+                     device: torch.device = torch.device("cpu"),
+                     repeat: int = 0) -> FunctionResult:
+    """The verdict on one function of the copy at ``reference`` with the numbers of ``config``."""
+    if kind in ("compress", "decompress"):
+        return _compare_compression(reference, name, kind, seed, device)
     try:
-        expected = legacy_fn()
-    except Exception as error:
-        row.note = f"legacy raised {type(error).__name__}: {error}"
-        return row
-    try:
-        actual = melvoc_fn()
-    except Exception as error:
-        row.note = f"melvoc raised {type(error).__name__}: {error}"
-        return row
-    max_abs, error = 0.0, 0.0
-    for ref, out in zip(expected, actual):
-        if tuple(ref.shape) != tuple(out.shape):
-            row.note = f"shape {tuple(out.shape)} != legacy {tuple(ref.shape)}"
-            return row
-        diff = (out.double() - ref.double()).abs()
-        if not torch.isfinite(diff).all():
-            # Equal infinities (log of exact zeros) count as equal; anything else non-finite fails.
-            same = (out.double() == ref.double()) | (out.isnan() & ref.isnan())
-            if not bool(same[~torch.isfinite(diff)].all()):
-                row.note = "non-finite values differ"
-                return row
-            diff = torch.where(torch.isfinite(diff), diff, torch.zeros_like(diff))
-        worst = float(diff.max()) if diff.numel() else 0.0
-        max_abs = max(max_abs, worst)
-        if row.kind == "rel":
-            scale = float(ref.double().abs().max()) if ref.numel() else 0.0
-            worst = worst / scale if scale > 0 else worst
-        error = max(error, worst)
-    row.max_abs_diff, row.error = max_abs, error
-    row.ok = error <= row.tolerance
-    row.speed_ratio = _speed_ratio(legacy_fn, melvoc_fn, repeat, device)
-    return row
+        run = _run_function(reference, name, kind, config, seed, device)
+    except CannotRun as error:
+        return FunctionResult("cannot_run", reason=str(error))
+    diffs = _check(kind, run, config)
+    if _within(diffs):
+        _, override = override_line(config, presets)
+        result = FunctionResult("match", config.to_dict(), max(diffs.values()), f"matches preset {preset}",
+                                override=override, diffs=diffs)
+    else:
+        result = FunctionResult("differs", None, max(diffs.values()),
+                                f"differs from preset {preset} (float64 {diffs['float64']:.3g}, "
+                                f"float32 {diffs['float32']:.3g})",
+                                diffs=diffs)
+        if fit:
+            result = _fitted(kind, run, config, preset, presets, result)
+    if result.status == "match" and repeat > 0:
+        fitted = MelConfig(**result.config)  # type: ignore[arg-type]
+        function = getattr(load_legacy(reference), name)
+        data = run.inputs[torch.float32]
+        calls = [bind(function, kind, item, config)[0] for item in data]
+        result.speed_ratio = _speed_ratio(lambda: [_call(function, kw) for kw in calls],
+                                          lambda: _melvoc(kind, data, fitted), repeat)
+    return result
 
 
-def run_comparison(
-    legacy: ModuleType,
-    presets: Sequence[tuple[str, MelConfig]],
-    device: str | torch.device = "cpu",
-    repeat: int = 5,
-    seed: int = 0,
-) -> tuple[list[Row], list[str]]:
-    """Run every legacy function present against melvoc.compat; returns the table rows and notes."""
+def _fitted(kind: str, run: _Run, config: MelConfig, preset: str, presets: dict[str, MelConfig],
+            differs: FunctionResult) -> FunctionResult:
+    best: Optional[tuple[float, MelConfig, dict[str, float]]] = None
+    for candidate in _fit(kind, run, config)[:12]:
+        diffs = _check(kind, run, candidate)
+        worst = max(diffs.values())
+        if _within(diffs):
+            _, override = override_line(candidate, presets)
+            changed = [f"{k}={getattr(candidate, k)!r}" for k in candidate.to_dict()
+                       if getattr(candidate, k) != getattr(config, k)
+                       and not (k == "fmax" and candidate.f_max == config.f_max)]
+            what = ("the spectrogram fixes only eps and padding; the mel fields are the preset's"
+                    if kind == "spec" else "")
+            reason = f"reproduced with {', '.join(changed)} (not preset {preset}'s values)"
+            reason += f"; {what}" if what else ""
+            return FunctionResult("match", candidate.to_dict(), worst, reason, override=override, diffs=diffs)
+        if best is None or worst < best[0]:
+            best = (worst, candidate, diffs)
+    if best is not None:
+        _, override = override_line(best[1], presets)
+        differs.reason += f"; no MelConfig reproduces it, closest ({best[0]:.3g}): {override}"
+    else:
+        differs.reason += "; no MelConfig reproduces it"
+    return differs
+
+
+def run_comparison(reference: str | Path, presets: Sequence[tuple[str, MelConfig]], all_presets: dict[str, MelConfig],
+                   *, fit: bool = True, seed: int = 0, device: str | torch.device = "cpu",
+                   repeat: int = 0) -> tuple[dict[str, FunctionResult], list[str]]:
+    """Compare every function of the copy at ``reference``; returns results by name and notes."""
+    reference = Path(reference).expanduser().resolve()
     device = torch.device(device)
-    present = [name for name in FUNCTIONS if callable(getattr(legacy, name, None))]
-    notes = [f"legacy module has no {name}: skipped" for name in FUNCTIONS if name not in present]
-    rows: list[Row] = []
-    dtypes = (torch.float32, torch.float64)
+    found, skipped = discover(load_legacy(reference))
+    notes = [f"skipped {entry}" for entry in skipped]
+    notes += [f"the copy has no {name}" for name in KNOWN if name not in found]
+    results: dict[str, FunctionResult] = {}
     for preset, config in presets:
-        _clear_legacy_caches(legacy)
-        mel_args = (config.n_fft, config.num_mels, config.sampling_rate, config.hop_size,
-                    config.win_size, config.fmin, config.fmax, config.center)
-        spec_args = (config.n_fft, config.sampling_rate, config.hop_size, config.win_size, config.center)
-        bank_args = (config.n_fft, config.num_mels, config.sampling_rate, config.fmin, config.fmax)
-        for dtype in dtypes:
-            audio = make_audio(config, seed, dtype, device)
-            tol = TOLERANCE[dtype]
-            dtype_name = str(dtype).removeprefix("torch.")
-            if "mel_spectrogram_torch" in present:
-                rows.append(_compare_one(
-                    Row(preset, "mel_spectrogram_torch", dtype_name, tolerance=tol),
-                    lambda: [legacy.mel_spectrogram_torch(y, *mel_args) for y in audio],
-                    lambda: [compat.mel_spectrogram_torch(y, *mel_args) for y in audio],
-                    repeat, device,
-                ))
-            if "spectrogram_torch" in present:
-                rows.append(_compare_one(
-                    Row(preset, "spectrogram_torch", dtype_name, kind="rel", tolerance=tol),
-                    lambda: [legacy.spectrogram_torch(y, *spec_args) for y in audio],
-                    lambda: [compat.spectrogram_torch(y, *spec_args) for y in audio],
-                    repeat, device,
-                ))
-            if "spec_to_mel_torch" in present:
-                # The same linear spectrogram goes into both, so only the filterbank step is compared.
-                try:
-                    make_spec = legacy.spectrogram_torch if "spectrogram_torch" in present else compat.spectrogram_torch
-                    specs = [make_spec(y, *spec_args) for y in audio]
-                except Exception:
-                    specs = [compat.spectrogram_torch(y, *spec_args) for y in audio]
-                rows.append(_compare_one(
-                    Row(preset, "spec_to_mel_torch", dtype_name, tolerance=tol),
-                    lambda: [legacy.spec_to_mel_torch(s, *bank_args) for s in specs],
-                    lambda: [compat.spec_to_mel_torch(s, *bank_args) for s in specs],
-                    repeat, device,
-                ))
-    rows.extend(_compare_compression(legacy, present, dtypes, repeat, device, seed))
-    return rows, notes
+        for name, kind in found.items():
+            key = name if len(presets) == 1 else f"{name}[{preset}]"
+            if kind in ("compress", "decompress") and preset != presets[0][0]:
+                continue  # no preset numbers go into them
+            results[key] = compare_function(reference, name, kind, preset, config, all_presets, fit=fit,
+                                            seed=seed, device=device, repeat=repeat)
+    return results, notes
 
 
-def _compare_compression(
-    legacy: ModuleType, present: list[str], dtypes: Sequence[torch.dtype], repeat: int,
-    device: torch.device, seed: int,
-) -> list[Row]:
-    generator = torch.Generator().manual_seed(seed + 1)
-    # Magnitudes over 12 decades, with zeros and values under the 1e-5 floor; logs over the mel range.
-    magnitudes = torch.cat([torch.zeros(4), 10 ** (torch.rand(4096, generator=generator, dtype=torch.float64) * 12 - 8)])
-    logs = torch.rand(4096, generator=generator, dtype=torch.float64) * 19 - 12
-    calls = {
-        "dynamic_range_compression_torch": ((magnitudes, ()), (magnitudes, (10,)), (magnitudes, (1, 1e-7))),
-        "spectral_normalize_torch": ((magnitudes, ()),),
-        "dynamic_range_decompression_torch": ((logs, ()), (logs, (10,))),
-        "spectral_de_normalize_torch": ((logs, ()),),
-    }
-    rows = []
-    for name, cases in calls.items():
-        if name not in present:
-            continue
-        kind = "rel" if name in ("dynamic_range_decompression_torch", "spectral_de_normalize_torch") else "abs"
-        for dtype in dtypes:
-            inputs = [(x.to(device=device, dtype=dtype), args) for x, args in cases]
-            rows.append(_compare_one(
-                Row("-", name, str(dtype).removeprefix("torch."), kind=kind, tolerance=TOLERANCE[dtype]),
-                lambda name=name, inputs=inputs: [getattr(legacy, name)(x, *args) for x, args in inputs],
-                lambda name=name, inputs=inputs: [getattr(compat, name)(x, *args) for x, args in inputs],
-                repeat, device,
-            ))
-    return rows
-
-
-def format_table(rows: Sequence[Row]) -> str:
-    """The rows as an aligned text table."""
-    header = ("preset", "function", "dtype", "max abs diff", "error", "tolerance", "result", "legacy/melvoc time")
-    lines = [header]
-    for row in rows:
-        lines.append((
-            row.preset,
-            row.function,
-            row.dtype,
-            "-" if row.max_abs_diff is None else f"{row.max_abs_diff:.3g}",
-            "-" if row.error is None else f"{row.error:.3g} ({row.kind})",
-            f"{row.tolerance:.0e}",
-            "pass" if row.ok else f"FAIL{': ' + row.note if row.note else ''}",
-            "-" if row.speed_ratio is None else f"{row.speed_ratio:.2f}x",
+def format_table(results: dict[str, FunctionResult]) -> str:
+    """The results as an aligned text table."""
+    rows = [("function", "status", "max diff", "float64", "float32", "legacy/melvoc", "reason")]
+    for name, r in results.items():
+        rows.append((
+            name, r.status, "-" if r.max_diff is None else f"{r.max_diff:.3g}",
+            f"{r.diffs['float64']:.3g}" if "float64" in r.diffs else "-",
+            f"{r.diffs['float32']:.3g}" if "float32" in r.diffs else "-",
+            "-" if r.speed_ratio is None else f"{r.speed_ratio:.2f}x",
+            r.reason + (f" [{r.override}]" if r.override else ""),
         ))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    out = []
-    for i, line in enumerate(lines):
-        out.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1])
-        if i == 0:
-            out.append("-" * len(out[0]))
-    return "\n".join(out)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m melvoc.compare",
-        description="Compare a legacy mel_processing.py with melvoc.compat on the same audio.",
+        description="Check which MelConfig reproduces the functions of your mel_processing.py.",
+        epilog="exit codes: 0 all match, 1 some differ, 3 some cannot run, 2 usage error",
     )
-    parser.add_argument("--reference", required=True, help="path of the legacy mel_processing.py")
-    parser.add_argument(
-        "--preset", action="append", default=None,
-        help="feature preset name (conf/features) or YAML path; repeatable (default: every preset "
-             "the legacy signature can express)",
-    )
+    parser.add_argument("--reference", required=True, help="path of your mel_processing.py")
+    parser.add_argument("--preset", action="append", default=None,
+                        help="feature preset name (conf/features) or YAML path whose numbers the functions get; "
+                             "repeatable (default: vits_22k, the original's)")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the verdicts as JSON")
+    parser.add_argument("--no-fit", dest="fit", action="store_false",
+                        help="do not search for the MelConfig of functions that differ from the preset")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    parser.add_argument("--repeat", type=int, default=5,
-                        help="timing measurements per function, best kept (0: no timing)")
+    parser.add_argument("--repeat", type=int, default=0,
+                        help="timing measurements of matching functions, best kept (default 0: no timing)")
     parser.add_argument("--conf-dir", default=None, help="folder of preset YAML files (default: conf/features)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the test audio")
     return parser
@@ -435,41 +602,51 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m melvoc.compare``; returns the exit code."""
     args = _parser().parse_args(argv)
-    if args.repeat < 0:
-        print("error: --repeat must be >= 0", file=sys.stderr)
-        return 2
     try:
+        if args.repeat < 0:
+            raise UsageError("--repeat must be >= 0")
         try:
             device = torch.device(args.device)
         except RuntimeError as error:
             raise UsageError(f"--device {args.device}: {error}") from error
         if device.type == "cuda" and not torch.cuda.is_available():
             raise UsageError(f"--device {args.device}: CUDA is not available here (use --device cpu)")
-        legacy = load_legacy(args.reference)
-        conf_dir = find_conf_dir(args.conf_dir)
-        presets, notes = load_presets(args.preset, conf_dir)
-        if not presets:
-            raise UsageError("no preset left to compare: " + "; ".join(notes))
+        load_legacy(args.reference)
+        table = load_presets(args.conf_dir)
+        chosen = []
+        for entry in args.preset or ["vits_22k"]:
+            if entry in table:
+                chosen.append((entry, table[entry]))
+            elif Path(entry).suffix in (".yaml", ".yml"):
+                if not Path(entry).is_file():
+                    raise UsageError(f"--preset {entry}: no such file")
+                chosen.append((Path(entry).stem, read_preset(Path(entry))))
+            else:
+                raise UsageError(f"--preset {entry}: unknown; available: {', '.join(table)} (or a YAML path)")
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-
-    source = conf_dir if conf_dir is not None else "built-in table (no conf/features found)"
-    print(f"legacy: {Path(args.reference).resolve()}")
-    print(f"presets: {', '.join(name for name, _ in presets)} from {source}; device {device}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    rows, run_notes = run_comparison(legacy, presets, device=device, repeat=args.repeat, seed=args.seed)
-    print(format_table(rows))
-    for note in notes + run_notes:
+    print(f"reference: {Path(args.reference).resolve()}")
+    print(f"presets: {', '.join(name for name, _ in chosen)}; device {device}; torch {torch.__version__}")
+    results, notes = run_comparison(args.reference, chosen, table, fit=args.fit, seed=args.seed, device=device,
+                                    repeat=args.repeat)
+    if results:
+        print(format_table(results))
+    for note in notes:
         print(f"note: {note}")
-    failed = [row for row in rows if not row.ok]
-    if not rows:
-        print("FAILED: the legacy module has none of the functions to compare")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"functions": {k: r.to_json() for k, r in results.items()}}, indent=2) + "\n")
+    statuses = [r.status for r in results.values()]
+    if not results:
+        print("FAILED: the copy has no function to compare")
         return 1
-    if failed:
-        print(f"FAILED: {len(failed)} of {len(rows)} comparisons beyond tolerance or in error")
+    if "cannot_run" in statuses:
+        print(f"CANNOT RUN: {statuses.count('cannot_run')} of {len(statuses)} functions (see the reasons)")
+        return 3
+    if "differs" in statuses:
+        print(f"DIFFERS: {statuses.count('differs')} of {len(statuses)} functions match no MelConfig")
         return 1
-    print(f"OK: all {len(rows)} comparisons within tolerance")
+    print(f"OK: all {len(statuses)} functions match a MelConfig")
     return 0
 
 

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from melvoc.data.dataset import read_mel_tensor, silence_log_mel
 from melvoc.data.io import AUDIO_EXTENSIONS, AudioDataError, AudioInfo, audio_info, read_audio, resampled_length
 from melvoc.features import MelConfig, MelSpectrogram, min_audio_length
+from melvoc.identify import MelMismatchError, check_mel_files
 from melvoc.inference import CheckpointError, load_generator
 from melvoc.streaming import StreamingVocoder
 
@@ -303,6 +304,7 @@ def synthesize(
     peak_normalize: Optional[float] = None,
     progress: Optional[bool] = None,
     chunk_frames: Optional[int] = None,
+    check_mels: bool = True,
 ) -> list[Path]:
     """Vocode ``inputs`` (audio or mel files, or folders) with the generator in ``checkpoint``.
 
@@ -321,6 +323,8 @@ def synthesize(
         progress: show a tqdm bar (``None``: only on a terminal).
         chunk_frames: stream each mel through :class:`~melvoc.streaming.StreamingVocoder` this many
             frames at a time (same audio to float rounding), or ``None`` for one call per batch.
+        check_mels: stop on mel files whose floor, range or log base contradict the checkpoint's
+            features (:func:`melvoc.identify.check_mel_statistics`); ``False`` goes on anyway.
 
     Returns:
         The written WAV files, in the order of ``inputs``.
@@ -328,6 +332,7 @@ def synthesize(
     Raises:
         FileNotFoundError, CheckpointError: the checkpoint is missing or not a melvoc checkpoint.
         SynthesisError: bad inputs (all listed at once, before anything is written) or arguments.
+        MelMismatchError: mel files made with other features (see ``check_mels``).
     """
     if batch_size < 1:
         raise SynthesisError(f"--batch-size {batch_size}: must be >= 1")
@@ -341,6 +346,9 @@ def synthesize(
     generator = load_generator(checkpoint, map_location=torch_device)
     config: MelConfig = generator.config
     items = collect_inputs(inputs, config, output_dir, resample=resample)
+    if check_mels:
+        mel_files = [item.path for item in items if item.kind == "mel"]
+        check_mel_files(mel_files, config, fix="pass --skip-mel-check to synthesize them anyway", limit=len(mel_files))
     Path(output_dir).expanduser().mkdir(parents=True, exist_ok=True)
     mel_fn = MelSpectrogram(config).to(torch_device)
     pad_value = silence_log_mel(config)
@@ -421,6 +429,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-frames", type=int, default=None, metavar="N",
                         help="stream each mel N frames at a time, with the context the generator's receptive "
                              "field needs (same audio as without it; logs look-ahead and time per chunk)")
+    parser.add_argument("--skip-mel-check", dest="check_mels", action="store_false",
+                        help="synthesize mel files even when their floor, range or log base contradict the "
+                             "checkpoint's features (see python -m melvoc.identify)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     return parser
 
@@ -441,8 +452,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             peak_normalize=args.peak_normalize,
             progress=False if args.quiet else None,
             chunk_frames=args.chunk_frames,
+            check_mels=args.check_mels,
         )
-    except (FileNotFoundError, CheckpointError, SynthesisError, AudioDataError) as exc:
+    except (FileNotFoundError, CheckpointError, SynthesisError, AudioDataError, MelMismatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not args.quiet:

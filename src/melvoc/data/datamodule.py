@@ -67,6 +67,7 @@ class VocoderDataModule(L.LightningDataModule):
         peak_normalize_scope: ``file`` (HiFi-GAN: each file's peak) or ``crop`` (BigVGAN: each crop's).
         max_val_seconds: cap on validation/test clips, or ``None``.
         mel_dir: precomputed mels for HiFi-GAN fine-tuning (``<stem>.npy`` / ``.pt``), or ``None``.
+        check_mel_stats: check the ``mel_dir`` mels' floor, range and log base against ``features``.
         synthetic: parameters of :class:`~melvoc.data.synthetic.SyntheticSpec` (without the rate),
             or ``None`` for real data; ``cache_dir``: where the synthetic set is generated.
     """
@@ -96,6 +97,7 @@ class VocoderDataModule(L.LightningDataModule):
         gain_db: float = 0.0,
         max_val_seconds: Optional[float] = None,
         mel_dir: Optional[str] = None,
+        check_mel_stats: bool = True,
         synthetic: Optional[Mapping[str, Any]] = None,
         cache_dir: Optional[str] = None,
     ) -> None:
@@ -153,6 +155,7 @@ class VocoderDataModule(L.LightningDataModule):
             peak_normalize_scope=peak_normalize_scope,
             gain_db=gain_db,
             mel_dir=mel_dir,
+            check_mel_stats=check_mel_stats,
         )
         self.max_val_seconds = max_val_seconds
         self.train_dataset: Optional[AudioDataset] = None

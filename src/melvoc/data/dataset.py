@@ -68,6 +68,8 @@ class AudioDataset(Dataset):
         gain_db: gain applied after normalisation.
         max_seconds: cap on whole clips, or ``None``.
         mel_dir: folder of precomputed mels for fine-tuning, or ``None``.
+        check_mel_stats: stop when a sample of the ``mel_dir`` mels has another floor, range or log
+            base than ``features`` (:func:`melvoc.identify.check_mel_statistics`).
         split: a label for messages (``train``, ``val``, ...).
     """
 
@@ -85,6 +87,7 @@ class AudioDataset(Dataset):
         gain_db: float = 0.0,
         max_seconds: Optional[float] = None,
         mel_dir: Optional[Path | str] = None,
+        check_mel_stats: bool = True,
         split: str = "train",
     ) -> None:
         self.features = MelConfig.coerce(features)
@@ -118,6 +121,7 @@ class AudioDataset(Dataset):
             else max(hop, int(max_seconds * self.features.sampling_rate) // hop * hop)
         )
         self.mel_dir = None if mel_dir is None else Path(mel_dir)
+        self.check_mel_stats = bool(check_mel_stats)
         self.split = split
         self.mel_pad_value = silence_log_mel(self.features)
         self.skipped: list[str] = []
@@ -191,6 +195,12 @@ class AudioDataset(Dataset):
                 f"{self.split} data: no usable audio files out of {len(entries)}; check the filelist "
                 "and data.root (see the messages above)"
             )
+        if self.check_mel_stats:
+            # Imported here: melvoc.identify imports melvoc.data.io, whose package imports this module.
+            from melvoc.identify import check_mel_files
+
+            check_mel_files([p for p in mel_paths if p is not None], self.features,
+                            against="the features of this run", fix="set data.check_mel_stats=false to train on them anyway")
         self.infos = infos
         self.names = names
         self.lengths = lengths

@@ -1,0 +1,1211 @@
+"""Which parameters made these mels? ``python -m melvoc.identify MELS... [--audio AUDIO...] [--json OUT]``.
+
+A vocoder fed mels made with other parameters than its training mels produces noise; this tool
+finds the :class:`~melvoc.features.MelConfig` that reproduces a set of mel files.
+
+With the audio the mels were made from, the search goes from the cheap, structural knobs to the
+fine ones, never over every combination:
+
+1. ``num_mels`` from the shape, the rate from the audio file;
+2. ``hop_size`` and the padding family (``center``/``pad_mode``) from frames against samples: every
+   integer hop and padding whose frame count fits all files;
+3. ``n_fft``/``win_size`` over common values, scored with a few common filterbanks on the loud
+   entries of a subset of frames (where ``eps`` and the log floor play no part);
+4. for the best structures, ``fmin``/``fmax`` over common values and mel scale/norm, refined by a
+   bounded 1-D search where no common value fits;
+5. log base, floor and ``eps`` in closed form or by 1-D fits on the relation between the mels and the
+   linear-magnitude mel of the audio: the floor from where the mels pile up, ``eps`` by a search in
+   log space, both snapped to round values;
+6. the winners verified with :func:`melvoc.features.mel_spectrogram` itself (float64).
+
+Without audio, the mels alone show ``num_mels``, the log floor where it is reached (and with it the
+log base), and signs of normalisation (per-bin mean/variance as ESPnet, dB scaling as Coqui TTS).
+
+The same statistics guard the pipeline: :func:`check_mel_statistics` stops fine-tuning on
+teacher-forced mels (``data.mel_dir``) and ``melvoc.synthesize`` on mel files whose floor, range or
+log base contradict the checkpoint's features (:class:`MelMismatchError`).
+
+Exit codes of the command: 0 reproduced (or, without audio, reported), 1 nothing reproduces the
+mels within tolerance, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from melvoc.features import MelConfig, mel_filterbank, mel_spectrogram, num_frames, spec_to_mel, spectrogram
+
+__all__ = [
+    "Candidate",
+    "Identification",
+    "MelMismatchError",
+    "MelStatistics",
+    "check_mel_files",
+    "check_mel_statistics",
+    "find_conf_dir",
+    "fit_config",
+    "identify",
+    "load_presets",
+    "main",
+    "mel_statistics",
+    "override_line",
+]
+
+#: Log-domain (natural-log units) max error under which a config counts as reproducing float32 mels.
+DEFAULT_TOLERANCE = 1e-3
+
+HOPS = (64, 80, 100, 110, 120, 128, 150, 160, 200, 220, 240, 256, 275, 300, 320, 360, 400, 441, 480, 512, 600,
+        640, 882, 960, 1024)
+N_FFTS = (256, 320, 400, 480, 512, 640, 800, 960, 1024, 1200, 1280, 1536, 1920, 2048, 2400, 2560, 3072, 4096)
+FMINS = (0.0, 20.0, 30.0, 40.0, 50.0, 55.0, 60.0, 65.0, 70.0, 75.0, 80.0, 90.0, 95.0, 100.0, 125.0, 150.0)
+FMAXS = (None, 6000.0, 7000.0, 7600.0, 7800.0, 8000.0, 9500.0, 10000.0, 11000.0, 11025.0, 12000.0,
+         14000.0, 15000.0, 16000.0, 18000.0, 20000.0, 22050.0, 24000.0)
+EPS_GRID = (0.0, 1e-12, 1e-11, 1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4)
+CLIP_VALUES = (1e-5, 1e-7, 1e-10, 1e-6, 1e-8, 1e-9, 1e-4)
+PADDINGS = (("reflect", False), ("zeros", False), ("none", True), ("none", False), ("reflect", True))
+SCALES = (("slaney", "slaney"), ("htk", None), ("slaney", None), ("htk", "slaney"))
+_LN10 = math.log(10.0)
+_LISTED = 8  # candidates printed (the JSON has them all)
+_FIELDS = tuple(f.name for f in dataclasses.fields(MelConfig))
+# Floors with a name people know them by: (log base, clip value) -> lineage.
+_LINEAGES = {
+    ("e", 1e-5): "HiFi-GAN/BigVGAN-style",
+    ("e", 1e-7): "Vocos-style",
+    ("10", 1e-5): "log10, Tacotron/ESPnet-style",
+    ("10", 1e-10): "log10, ParallelWaveGAN/ESPnet-style",
+    ("dB", 1e-5): "dB, Coqui TTS-style",
+}
+
+
+class UsageError(Exception):
+    """A bad command line or input file."""
+
+
+class MelMismatchError(ValueError):
+    """Mels whose statistics contradict the features they are fed to (the message quotes both).
+
+    Not an ``AudioDataError``: importing :mod:`melvoc.data` would pull in Lightning (seconds) for
+    the command line tools.
+    """
+
+    def __init__(self, message: str, path: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets (the one source: conf/features/*.yaml)
+# --------------------------------------------------------------------------------------------------
+
+
+def find_conf_dir(explicit: str | Path | None = None) -> Path:
+    """The ``conf/features`` folder: ``explicit``, else under the cwd, else in this package's repository.
+
+    Raises:
+        UsageError: none found (a wheel install without the repository: pass the folder explicitly).
+    """
+    if explicit is not None:
+        folder = Path(explicit)
+        if not folder.is_dir():
+            raise UsageError(f"--conf-dir {folder}: not a directory (expected the repository's conf/features)")
+        return folder
+    for folder in (Path.cwd() / "conf" / "features", Path(__file__).resolve().parents[2] / "conf" / "features"):
+        if folder.is_dir() and any(folder.glob("*.yaml")):
+            return folder
+    raise UsageError(
+        "no conf/features/*.yaml found in the current folder or the melvoc repository; run from the "
+        "repository or pass --conf-dir path/to/conf/features"
+    )
+
+
+def read_preset(path: Path) -> MelConfig:
+    """One preset YAML as a :class:`MelConfig` (``_target_`` ignored)."""
+    from omegaconf import OmegaConf
+
+    try:
+        return MelConfig.coerce(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    except Exception as error:  # YAML syntax, interpolation or MelConfig validation errors alike
+        raise UsageError(f"{path}: not a valid MelConfig preset: {error}") from error
+
+
+def load_presets(conf_dir: str | Path | None = None) -> dict[str, MelConfig]:
+    """Every preset of ``conf/features`` (see :func:`find_conf_dir`), by name, sorted."""
+    folder = find_conf_dir(conf_dir)
+    return {path.stem: read_preset(path) for path in sorted(folder.glob("*.yaml"))}
+
+
+def _same(field_name: str, a: MelConfig, b: MelConfig) -> bool:
+    if field_name == "fmax":
+        return math.isclose(a.f_max, b.f_max)
+    if field_name in ("fmin", "eps", "clip_val"):
+        return math.isclose(float(getattr(a, field_name)), float(getattr(b, field_name)), rel_tol=1e-9)
+    return getattr(a, field_name) == getattr(b, field_name)
+
+
+def _hydra_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return repr(value) if value == 0 or 1e-4 <= abs(value) < 1e7 else f"{value:.6g}"
+    return str(value)
+
+
+def override_line(config: MelConfig, presets: Mapping[str, MelConfig]) -> tuple[Optional[str], str]:
+    """The closest preset (fewest differing fields) and the Hydra overrides that turn it into ``config``.
+
+    Example: ``("hifigan_22k", "features=hifigan_22k features.fmax=null")``; without presets, one
+    ``features.<field>=...`` override per field.
+    """
+    best: Optional[tuple[int, str]] = None
+    for name, preset in presets.items():
+        differing = sum(not _same(f, config, preset) for f in _FIELDS)
+        if best is None or differing < best[0]:
+            best = (differing, name)
+    if best is None:
+        return None, " ".join(f"features.{f}={_hydra_value(getattr(config, f))}" for f in _FIELDS)
+    name = best[1]
+    parts = [f"features={name}"]
+    parts += [f"features.{f}={_hydra_value(getattr(config, f))}"
+              for f in _FIELDS if not _same(f, config, presets[name])]
+    return name, " ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Statistics of mels alone
+# --------------------------------------------------------------------------------------------------
+
+
+def _nice(value: float, rel: float = 1e-4) -> Optional[float]:
+    """``value`` rounded to one or two significant digits when it is that within ``rel``, else None."""
+    if not math.isfinite(value) or value <= 0:
+        return None
+    exponent = math.floor(math.log10(value))
+    for digits in (0, 1):
+        rounded = round(value / 10.0**exponent, digits) * 10.0**exponent
+        if math.isclose(rounded, value, rel_tol=rel):
+            return float(f"{rounded:.{digits + 1}g}")
+    return None
+
+
+def _floor_meaning(value: float) -> list[tuple[str, float]]:
+    """The (log base, clip value) pairs a log floor ``value`` is a round number in (dB: 20·log10)."""
+    readings = []
+    for base, clip in (("e", math.exp(value)), ("10", 10.0**value), ("dB", 10.0 ** (value / 20.0))):
+        nice = _nice(clip)
+        if nice is not None and 1e-12 <= nice <= 1e-2 and (base == "dB") == (value <= -20):
+            readings.append((base, nice))
+    return readings
+
+
+def _short(value: float) -> str:
+    """``1e-07`` -> ``1e-7``, ``2e-06`` -> ``2e-6``, ``0.001`` -> ``1e-3``."""
+    mantissa, exponent = f"{value:.6e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+def _describe_floor(base: str, clip: float) -> str:
+    name = _LINEAGES.get((base, clip))
+    function = {"e": "ln", "10": "log10", "dB": "20·log10"}[base]
+    return f"{function}({_short(clip)})" + (f", {name}" if name else "")
+
+
+@dataclass
+class MelStatistics:
+    """What mels alone show.
+
+    Attributes:
+        num_mels: bands.
+        frames: frames over all files.
+        minimum, maximum: extreme values.
+        floor: the value many entries pile up at (a log floor reached), or None.
+        floor_per_band: the per-band floors where bands pile up at different values (a magnitude
+            ``sqrt(eps)`` floor that the log's clamp never reaches), or None.
+        log_base, clip_val: the round reading of ``floor`` (``"e"``, ``"10"`` or ``"dB"``), or None.
+        normalisation: ``"per-bin mean/variance (ESPnet-style)"``, ``"dB scaling (Coqui TTS-style)"`` or None.
+    """
+
+    num_mels: int
+    frames: int
+    minimum: float
+    maximum: float
+    floor: Optional[float] = None
+    floor_per_band: Optional[np.ndarray] = None
+    log_base: Optional[str] = None
+    clip_val: Optional[float] = None
+    normalisation: Optional[str] = None
+
+
+def _as_2d(mel: np.ndarray | torch.Tensor, name: str = "mel") -> np.ndarray:
+    array = mel.detach().cpu().double().numpy() if isinstance(mel, torch.Tensor) else np.asarray(mel, np.float64)
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise UsageError(f"{name}: shape {array.shape}, expected (num_mels, frames) or (1, num_mels, frames)")
+    return array
+
+
+def mel_statistics(mels: Sequence[np.ndarray | torch.Tensor]) -> MelStatistics:
+    """Statistics of one or more ``(num_mels, frames)`` log-mels that hint at how they were made."""
+    arrays = [_as_2d(m) for m in mels]
+    values = np.concatenate(arrays, axis=1)
+    bands, frames = values.shape
+    stats = MelStatistics(bands, frames, float(values.min()), float(values.max()))
+    # A floor: many entries exactly at the minimum (float32 mels store the clamp value exactly).
+    # In most bands: one band piling up at its own minimum is a sqrt(eps) magnitude floor instead.
+    low = values.min()
+    at_floor = np.isclose(values, low, rtol=1e-6, atol=1e-6)
+    if at_floor.sum() >= max(5, 5e-4 * values.size) and at_floor.any(axis=1).mean() >= 0.25:
+        stats.floor = float(low)
+        readings = _floor_meaning(stats.floor)
+        if readings:
+            stats.log_base, stats.clip_val = readings[0]
+    else:
+        band_min = values.min(axis=1, keepdims=True)
+        piles = np.isclose(values, band_min, rtol=1e-6, atol=1e-6).sum(axis=1)
+        if (piles >= 3).mean() > 0.9:
+            stats.floor_per_band = band_min[:, 0]
+    stats.normalisation = _normalisation(values, stats)
+    return stats
+
+
+def _normalisation(values: np.ndarray, stats: MelStatistics) -> Optional[str]:
+    if stats.floor is not None and stats.log_base == "dB":
+        return "dB scaling (Coqui TTS-style, 20·log10 with a floor)"
+    if stats.floor is not None and stats.floor in (-4.0, -1.0, 0.0) and stats.maximum <= -stats.floor + 1e-6:
+        return "dB scaling normalised to [-max_norm, max_norm] or [0, max_norm] (Coqui TTS-style)"
+    if stats.maximum - stats.minimum >= 40.0:
+        return "dB scaling (values span >= 40: 10·log10 or 20·log10, Coqui/librosa-style)"
+    if values.shape[1] >= 20:
+        means, stds = values.mean(axis=1), values.std(axis=1)
+        if np.abs(means).mean() < 0.6 and 0.5 <= np.median(stds) <= 1.6 and abs(values.mean()) < 0.3:
+            return "per-bin mean/variance normalisation (ESPnet-style: de-normalise with its stats file)"
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# The fit
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Structure:
+    n_fft: int
+    hop_size: int
+    win_size: int
+    pad_mode: str
+    center: bool
+
+
+@dataclass(frozen=True)
+class _Bank:
+    fmin: float
+    fmax: Optional[float]
+    mel_scale: str
+    mel_norm: Optional[str]
+
+
+@dataclass
+class Candidate:
+    """A config and how far its mels are from the given ones (max abs difference in the mels' units)."""
+
+    config: MelConfig
+    max_error: Optional[float]  # None: not measured (no audio)
+    preset: Optional[str] = None
+    override: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "max_error": self.max_error, "preset": self.preset,
+                "override": self.override}
+
+
+@dataclass
+class Identification:
+    """The answer of :func:`identify`.
+
+    Attributes:
+        config: the MelConfig fields known (all of them when audio reproduced the mels).
+        max_error: max abs difference of the reported config's mels, or None without audio.
+        reproduces: whether ``max_error`` is within the tolerance.
+        preset, override: the closest preset and the Hydra overrides for ``config``.
+        candidates: other configs within tolerance (or, when nothing reproduces, the best ones).
+        open: knobs the input leaves open, each with what is known of it.
+        statistics: what the mels alone show.
+    """
+
+    config: dict[str, Any]
+    max_error: Optional[float]
+    reproduces: bool
+    preset: Optional[str]
+    override: str
+    candidates: list[Candidate]
+    open: list[str]
+    statistics: MelStatistics
+    tolerance: float = DEFAULT_TOLERANCE
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"config", "max_error", "preset", "override", "candidates"}``."""
+        return {"config": self.config, "max_error": self.max_error, "preset": self.preset,
+                "override": self.override, "candidates": [c.to_dict() for c in self.candidates]}
+
+
+def _hz_to_mel(freq: np.ndarray, htk: bool) -> np.ndarray:
+    if htk:
+        return 2595.0 * np.log10(1.0 + freq / 700.0)
+    linear = freq / (200.0 / 3)
+    logstep = math.log(6.4) / 27.0
+    return np.where(freq >= 1000.0, 15.0 + np.log(np.maximum(freq, 1e-10) / 1000.0) / logstep, linear)
+
+
+def _mel_to_hz(mels: np.ndarray, htk: bool) -> np.ndarray:
+    if htk:
+        return 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
+    logstep = math.log(6.4) / 27.0
+    return np.where(mels >= 15.0, 1000.0 * np.exp(logstep * (mels - 15.0)), mels * (200.0 / 3))
+
+
+def _quick_filterbank(sr: int, n_fft: int, num_mels: int, bank: _Bank) -> np.ndarray:
+    """librosa's mel filterbank (same formulas, float32-rounded) without its overhead: the search
+    builds hundreds; the verified winners use :func:`melvoc.features.mel_filterbank` itself."""
+    htk = bank.mel_scale == "htk"
+    fmax = sr / 2 if bank.fmax is None else bank.fmax
+    fft_freqs = np.linspace(0.0, sr / 2, n_fft // 2 + 1)
+    low, high = _hz_to_mel(np.array(bank.fmin), htk), _hz_to_mel(np.array(fmax), htk)
+    edges = _mel_to_hz(np.linspace(low, high, num_mels + 2), htk)
+    widths = np.diff(edges)
+    ramps = edges[:, None] - fft_freqs[None, :]
+    weights = np.maximum(0.0, np.minimum(-ramps[:-2] / widths[:-1, None], ramps[2:] / widths[1:, None]))
+    if bank.mel_norm == "slaney":
+        weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return weights.astype(np.float32).astype(np.float64)
+
+
+@dataclass
+class _Pair:
+    """One mel file with its audio: the mel in natural-log units per log base, and the audio."""
+
+    name: str
+    mel: np.ndarray  # (num_mels, F), as stored
+    audio: np.ndarray  # (T,) float64
+    columns: np.ndarray  # frames used by the coarse scores (edges included: pad modes differ there)
+
+
+def _columns(frames: int, count: int = 48) -> np.ndarray:
+    inner = np.linspace(0, frames - 1, num=min(frames, count)).round().astype(int)
+    return np.unique(np.concatenate([inner, [0, 1, frames - 2, frames - 1]]).clip(0, frames - 1))
+
+
+def _structures(pairs: Sequence[_Pair], fixed: Mapping[str, Any]) -> list[_Structure]:
+    """Every (n_fft, hop, win, padding) whose frame counts fit all files, most common first."""
+    first = pairs[0]
+    samples, frames = first.audio.shape[0], first.mel.shape[1]
+    if "hop_size" in fixed:
+        hops = [int(fixed["hop_size"])]
+    else:
+        lo = max(1, math.floor(samples / (frames + 1)) - 1)
+        hi = math.ceil(samples / max(frames - 2, 1)) + 1
+        hops = list(range(lo, hi + 1))
+    found = []
+    for hop in hops:
+        n_ffts = [int(fixed["n_fft"])] if "n_fft" in fixed else sorted(
+            {n for n in N_FFTS if n >= hop} | {m * hop for m in (2, 4, 8) if m * hop <= 8192}
+        )
+        for n_fft in n_ffts:
+            wins = [int(fixed["win_size"])] if "win_size" in fixed else sorted(
+                {n_fft} | {w for w in (*N_FFTS, 4 * hop, 2 * hop) if hop <= w < n_fft}, key=lambda w: (w != n_fft, w)
+            )
+            for pad_mode, center in PADDINGS:
+                if "center" in fixed and bool(fixed["center"]) != center:
+                    continue
+                if "pad_mode" in fixed and fixed["pad_mode"] != pad_mode:
+                    continue
+                for win in wins:
+                    if win > n_fft:
+                        continue
+                    try:
+                        config = MelConfig(int(fixed.get("sampling_rate", 16000)), n_fft, hop, win, 1,
+                                           pad_mode=pad_mode, center=center)
+                    except ValueError:
+                        continue
+                    fits = all(
+                        p.audio.shape[0] >= max(n_fft // 2 + 1, 2)
+                        and num_frames(p.audio.shape[0], config) == p.mel.shape[1]
+                        for p in pairs
+                    )
+                    if fits:
+                        found.append(_Structure(n_fft, hop, win, pad_mode, center))
+    return sorted(found, key=_prior)
+
+
+def _common(s: _Structure, sr: int) -> bool:
+    round_hop = s.hop_size in HOPS or (1000 * s.hop_size) % sr == 0
+    return round_hop and s.win_size in (s.n_fft, 4 * s.hop_size) and (
+        s.n_fft & (s.n_fft - 1) == 0 or s.n_fft == 4 * s.hop_size)
+
+
+def _prior(s: _Structure) -> tuple:
+    """Common structures first: window = n_fft, n_fft = 4 hops, power-of-two sizes, reflect pad."""
+    return (s.win_size != s.n_fft, s.n_fft != 4 * s.hop_size, s.n_fft & (s.n_fft - 1) != 0,
+            PADDINGS.index((s.pad_mode, s.center)), s.n_fft)
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` through torch, whose thread count the command line sets (NumPy's BLAS would start
+    its own threads, which on a busy machine contend for the cores)."""
+    return (torch.from_numpy(np.ascontiguousarray(a)) @ torch.from_numpy(np.ascontiguousarray(b))).numpy()
+
+
+def _power(audio: np.ndarray, sr: int, s: _Structure) -> np.ndarray:
+    """``re^2 + im^2`` of the STFT as melvoc computes it (float64), ``(n_freqs, F)``."""
+    config = MelConfig(sr, s.n_fft, s.hop_size, s.win_size, 1, pad_mode=s.pad_mode, center=s.center, eps=0.0)
+    return spectrogram(torch.from_numpy(audio), config).numpy() ** 2
+
+
+class _Fitter:
+    """The search over one set of (mel, audio) pairs at one rate."""
+
+    def __init__(self, pairs: Sequence[_Pair], sr: int, fixed: Mapping[str, Any], tolerance: float,
+                 spectra: Optional[Sequence[np.ndarray]] = None) -> None:
+        self.spectra = spectra
+        self.pairs = list(pairs)
+        self.sr = sr
+        self.num_mels = pairs[0].mel.shape[0]
+        self.fixed = dict(fixed)
+        self.tolerance = tolerance
+        self.stats = mel_statistics([p.mel for p in pairs])
+        self._magnitudes: OrderedDict[_Structure, np.ndarray] = OrderedDict()
+        self._powers = OrderedDict()
+        mel = np.concatenate([p.mel for p in pairs], axis=1)
+        coarse = np.concatenate([p.mel[:, p.columns] for p in pairs], axis=1)
+        # Within a factor e^3.5 (or 10^3.5) of the peak: there eps and the log floor play no part.
+        self._loud = coarse >= max(np.quantile(mel, 0.6), mel.max() - 3.5)
+        bases = ["e", "10"]
+        if "log_base" in fixed:
+            bases = [str(fixed["log_base"])]
+        elif self.stats.log_base in bases:
+            bases = [self.stats.log_base]
+        self.bases = bases
+        self._targets = {base: coarse[self._loud] * (1.0 if base == "e" else _LN10) for base in bases}
+
+    def powers(self, s: _Structure) -> list[np.ndarray]:
+        """``re^2 + im^2`` per file, ``(n_freqs, F)``; the last few structures are kept."""
+        if self.spectra is not None:
+            return self._cached(self._powers, s, lambda: [sp**2 for sp in self.spectra])
+        return self._cached(self._powers, s, lambda: [_power(p.audio, self.sr, s) for p in self.pairs])
+
+    def _coarse(self, s: _Structure) -> np.ndarray:
+        """Magnitudes of the coarse frames of all files side by side, ``(n_freqs, C)``."""
+        def build() -> np.ndarray:
+            powers = self._powers[s] if s in self._powers else self.powers(s)
+            return np.sqrt(np.concatenate([power[:, p.columns] for power, p in zip(powers, self.pairs)], axis=1))
+
+        return self._cached(self._magnitudes, s, build)
+
+    @staticmethod
+    def _cached(cache: "OrderedDict[_Structure, Any]", key: _Structure, build: Any, size: int = 4) -> Any:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        value = cache[key] = build()
+        while len(cache) > size:
+            cache.popitem(last=False)
+        return value
+
+    # -------------------------------------------------------------- coarse scores (loud entries)
+    def loud_error(self, s: _Structure, bank: _Bank) -> tuple[float, float, str]:
+        """Max and mean error on the loud entries of the coarse frames, and the log base with the
+        smaller mean (natural-log units)."""
+        try:
+            weights = _quick_filterbank(self.sr, s.n_fft, self.num_mels, bank)
+        except (ValueError, FloatingPointError):
+            return math.inf, math.inf, "e"
+        with np.errstate(divide="ignore", invalid="ignore"):
+            predicted = np.log(np.maximum(_matmul(weights, self._coarse(s)), 1e-30))[self._loud]
+        best = (math.inf, math.inf, "e")
+        for base, target in self._targets.items():
+            diff = np.abs(predicted - target)
+            mean = float(diff.mean())
+            if mean < best[1]:
+                best = (float(diff.max()), mean, base)
+        return best if math.isfinite(best[1]) else (math.inf, math.inf, "e")
+
+    def quick_score(self, s: _Structure) -> float:
+        """Mean loud-entry error of structure ``s`` with the best of a few common filterbanks."""
+        fmins = [self.fixed["fmin"]] if "fmin" in self.fixed else [0.0, 55.0]
+        fmaxs = [self.fixed["fmax"]] if "fmax" in self.fixed else [None, 8000.0, 7600.0]
+        banks = [self._with(_Bank(float(fmin), None, scale, norm), "fmax", fmax)
+                 for scale, norm in self._values("scale") for fmin in fmins for fmax in fmaxs]
+        return min((self.loud_error(s, bank)[1] for bank in banks if bank is not None), default=math.inf)
+
+    def _values(self, name: str) -> list[Any]:
+        """The grid of one filterbank knob (the fixed value alone when it is known)."""
+        nyquist = self.sr / 2
+        if name in self.fixed:
+            return [self.fixed[name]]
+        if name == "fmin":
+            return list(FMINS)
+        if name == "fmax":
+            return [f for f in FMAXS if f is None or f < nyquist]
+        return [pair for pair in SCALES
+                if self.fixed.get("mel_scale", pair[0]) == pair[0] and self.fixed.get("mel_norm", pair[1]) == pair[1]]
+
+    def _with(self, bank: _Bank, name: str, value: Any) -> Optional[_Bank]:
+        if name == "scale":
+            bank = dataclasses.replace(bank, mel_scale=value[0], mel_norm=value[1])
+        else:
+            bank = dataclasses.replace(bank, **{name: None if value is None else float(value)})
+        top = self.sr / 2 if bank.fmax is None else bank.fmax
+        return bank if bank.fmin < top else None
+
+    def descend(self, s: _Structure, thorough: bool = True) -> tuple[float, _Bank, str, float]:
+        """The filterbank of structure ``s`` by coordinate descent over fmax, fmin and scale/norm,
+        from the two best scale/norm starts; fmin/fmax are refined between grid values where no
+        grid value fits. The objective is the mean error over the loud entries: nearly separable
+        (fmin moves the low bands, fmax the high ones), where the max is set by the worst band alone.
+
+        ``thorough=False``: one round from the best start, no joint refinement (a first look).
+
+        Returns (loud-entry max error, filterbank, log base, loud-entry mean error).
+        """
+        fmin0 = float(self.fixed.get("fmin", 0.0))
+        fmax0 = self.fixed.get("fmax")
+        starts = []
+        for pair in self._values("scale"):
+            bank = _Bank(fmin0, fmax0, pair[0], pair[1])
+            starts.append((self.loud_error(s, bank)[1], bank))
+        starts.sort(key=lambda item: item[0])
+        best: Optional[tuple[float, _Bank, str, float]] = None
+        for mean, bank in starts[: 2 if thorough else 1]:
+            for _ in range(3 if thorough else 1):
+                before = mean
+                for name in ("fmax", "fmin", "scale"):
+                    for value in self._values(name):
+                        trial = self._with(bank, name, value)
+                        if trial is None or trial == bank:
+                            continue
+                        trial_mean = self.loud_error(s, trial)[1]
+                        if trial_mean < mean:
+                            mean, bank = trial_mean, trial
+                    needs_refining = name != "scale" and name not in self.fixed
+                    if needs_refining and self.loud_error(s, bank)[0] > self.tolerance * 0.1:
+                        mean, bank = self._refine(s, bank, name, mean)
+                if mean >= before * 0.999:
+                    break
+            worst, _, base = self.loud_error(s, bank)
+            if thorough and worst > self.tolerance * 0.1 and "fmin" not in self.fixed and "fmax" not in self.fixed:
+                bank = self._refine_jointly(s, bank, mean)
+                worst, _, base = self.loud_error(s, bank)
+            if best is None or worst < best[0]:
+                best = (worst, bank, base, mean)
+            if worst <= self.tolerance * 0.1:
+                break
+        assert best is not None
+        return best
+
+    def _refine_jointly(self, s: _Structure, bank: _Bank, mean: float) -> _Bank:
+        """Nelder-Mead on (fmin, fmax) together (the mel points interpolate between both), then the
+        nearest grid, whole-Hz or half-Hz values where they fit as well."""
+        from scipy.optimize import minimize
+
+        nyquist = self.sr / 2
+
+        def make(fmin: float, fmax: float) -> Optional[_Bank]:
+            if not 0 <= fmin < fmax <= nyquist:
+                return None
+            return dataclasses.replace(bank, fmin=float(fmin), fmax=None if fmax == nyquist else float(fmax))
+
+        def cost(x: np.ndarray) -> float:
+            trial = make(float(x[0]), min(float(x[1]), nyquist))
+            return math.inf if trial is None else self.loud_error(s, trial)[1]
+
+        start = np.array([bank.fmin, nyquist if bank.fmax is None else bank.fmax])
+        result = minimize(cost, start, method="Nelder-Mead",
+                          options={"xatol": 1e-3, "fatol": 1e-12,
+                                   "initial_simplex": [start, start + [5, 0], start + [0, 50]]})
+        if not result.fun < mean:
+            return bank
+        fmin, fmax = float(result.x[0]), min(float(result.x[1]), nyquist)
+
+        def options(value: float, grid: Sequence[float]) -> list[float]:
+            near = sorted(grid, key=lambda g: abs(g - value))[:1]
+            close = [v for v in near if abs(v - value) <= max(1.0, 0.01 * value)]
+            return close + [round(value), round(value * 2) / 2, value]
+
+        fmin_grid = list(FMINS)
+        fmax_grid = [nyquist if f is None else f for f in FMAXS if f is None or f <= nyquist]
+        for low in options(fmin, fmin_grid):
+            for high in options(fmax, fmax_grid):
+                trial = make(low, min(high, nyquist))
+                if trial is not None and self.loud_error(s, trial)[1] <= result.fun * 1.5 + 1e-9:
+                    return trial
+        return bank
+
+    def _refine(self, s: _Structure, bank: _Bank, name: str, mean: float) -> tuple[float, _Bank]:
+        """A bounded 1-D search of fmin or fmax between the grid neighbours of its value, snapped
+        to whole or half Hz when that fits as well."""
+        from scipy.optimize import minimize_scalar
+
+        nyquist = self.sr / 2
+        grid = sorted({nyquist if v is None else float(v) for v in self._values(name)} | {0.0, nyquist})
+        current = nyquist if (name == "fmax" and bank.fmax is None) else float(getattr(bank, name))
+        lower = max([v for v in grid if v < current] or [current * 0.9])
+        upper = min([v for v in grid if v > current] or [min(nyquist, current * 1.1 + 1.0)])
+        if upper - lower < 1e-6:
+            return mean, bank
+
+        def cost(value: float) -> float:
+            trial = self._with(bank, name, value)
+            return math.inf if trial is None else self.loud_error(s, trial)[1]
+
+        result = minimize_scalar(cost, bounds=(lower, upper), method="bounded", options={"xatol": 1e-3})
+        if not result.fun < mean:
+            return mean, bank
+        for value in (round(result.x), round(result.x * 2) / 2, round(result.x, 2)):
+            value_mean = cost(value)
+            if value_mean <= result.fun * 1.5 + 1e-9:
+                trial = self._with(bank, name, value)
+                assert trial is not None
+                return value_mean, trial
+        return mean, bank
+
+    # -------------------------------------------------------------- fine fit (all entries)
+    def fine(self, s: _Structure, bank: _Bank, base: str) -> list[Candidate]:
+        """Configs with the floor and eps fitted for one structure and filterbank, best first."""
+        weights = _quick_filterbank(self.sr, s.n_fft, self.num_mels, bank)
+        scale = 1.0 if base == "e" else _LN10
+        targets = [p.mel * scale for p in self.pairs]
+        powers = self.powers(s)
+        linear = [_matmul(weights, np.sqrt(power)) for power in powers]
+
+        cache: dict[float, list[np.ndarray]] = {0.0: linear}
+
+        def mel_linear(eps: float) -> list[np.ndarray]:
+            if eps not in cache:
+                if len(cache) > 64:
+                    cache.pop(next(key for key in cache if key != 0.0))
+                cache[eps] = [_matmul(weights, np.sqrt(power + eps)) for power in powers]
+            return cache[eps]
+
+        def error(eps: float, clip: float) -> float:
+            worst = 0.0
+            for mel, target in zip(mel_linear(eps), targets):
+                worst = max(worst, float(np.abs(np.log(np.maximum(mel, clip)) - target).max()))
+            return worst / scale
+
+        clips = self._clips(base)
+        if "eps" in self.fixed:
+            eps_grid = [float(self.fixed["eps"])]
+        else:
+            eps_grid = list(EPS_GRID)
+        results: list[tuple[float, float, float]] = []
+        for clip in clips:
+            grid = [(error(eps, clip), eps) for eps in eps_grid]
+            best_error, best_eps = min(grid)
+            if "eps" not in self.fixed and best_error > self.tolerance * 1e-3:
+                best_error, best_eps = self._refine_eps(lambda e: error(e, clip), best_eps, best_error)
+            results.append((best_error, best_eps, clip))
+            results.extend((err, eps, clip) for err, eps in grid if eps != best_eps)
+        results.sort(key=lambda r: r[0])
+        out = []
+        seen = set()
+        for err, eps, clip in results:
+            key = (eps, clip)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                config = MelConfig(self.sr, s.n_fft, s.hop_size, s.win_size, self.num_mels, fmin=bank.fmin,
+                                   fmax=bank.fmax, center=s.center, eps=eps, clip_val=clip, pad_mode=s.pad_mode,
+                                   log_base=base, mel_scale=bank.mel_scale, mel_norm=bank.mel_norm)
+            except ValueError:
+                continue
+            out.append(Candidate(config, err))
+        return out
+
+    def _clips(self, base: str) -> list[float]:
+        if "clip_val" in self.fixed:
+            return [float(self.fixed["clip_val"])]
+        clips = []
+        if self.stats.floor is not None:
+            raw = math.exp(self.stats.floor) if base == "e" else 10.0**self.stats.floor
+            clips.append(_nice(raw, rel=1e-5) or raw)
+        return clips + [c for c in CLIP_VALUES if c not in clips]
+
+    @staticmethod
+    def _refine_eps(cost: Any, eps: float, err: float) -> tuple[float, float]:
+        """Golden-section search on log10(eps) around the grid's best, then snapped to a round value."""
+        from scipy.optimize import minimize_scalar
+
+        center = -13.0 if eps == 0 else math.log10(eps)
+        result = minimize_scalar(lambda x: cost(10.0**x), bounds=(center - 1.0, center + 1.0), method="bounded",
+                                 options={"xatol": 1e-7})
+        raw = 10.0**result.x
+        for value in (_nice(raw, rel=2e-2), _nice(raw, rel=2e-3), raw):
+            if value is None:
+                continue
+            value_error = cost(value)
+            if value_error <= min(err, result.fun) * 1.5 + 1e-12:
+                return (value_error, value) if value_error < err else (err, eps)
+        return err, eps
+
+
+def _verify(candidate: Candidate, pairs: Sequence[_Pair], spectra: Optional[Sequence[np.ndarray]] = None) -> float:
+    """Max abs difference of melvoc.features' float64 mels with ``candidate.config`` (in the mels' units):
+    :func:`~melvoc.features.mel_spectrogram` of the audio, or :func:`~melvoc.features.spec_to_mel` of ``spectra``."""
+    worst = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for index, pair in enumerate(pairs):
+            if spectra is not None:
+                mel = spec_to_mel(torch.from_numpy(spectra[index]), candidate.config).numpy()
+            else:
+                mel = mel_spectrogram(torch.from_numpy(pair.audio), candidate.config).numpy()
+            if mel.shape != pair.mel.shape:
+                return math.inf
+            diff = np.abs(mel - pair.mel)
+            both_inf = np.isinf(mel) & (mel == pair.mel)
+            worst = max(worst, float(np.where(both_inf, 0.0, diff).max()))
+    return worst
+
+
+def fit_config(
+    mels: Sequence[np.ndarray | torch.Tensor],
+    audios: Sequence[np.ndarray | torch.Tensor],
+    sampling_rate: int,
+    *,
+    fixed: Optional[Mapping[str, Any]] = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    max_candidates: int = 6,
+    spectra: Optional[Sequence[np.ndarray]] = None,
+) -> list[Candidate]:
+    """MelConfigs that best reproduce ``mels`` from ``audios``, best first, errors verified by melvoc.features.
+
+    Args:
+        mels: ``(num_mels, frames)`` log-mels, one per audio.
+        audios: ``(T,)`` float audio in [-1, 1] the mels were made from.
+        sampling_rate: the audio's rate.
+        fixed: MelConfig fields known beforehand (e.g. the arguments a function was called with);
+            the search keeps them.
+        tolerance: max abs error (mels' units) under which a config reproduces the mels.
+        spectra: instead of computing them from the audio, the linear magnitudes ``(n_fft // 2 + 1,
+            frames)`` the mels were made of (``spec_to_mel``: then ``fixed`` must hold ``n_fft``,
+            and only the filterbank and the log are fitted).
+
+    Returns:
+        The verified candidates, sorted by max error: the best ``max_candidates`` and every other
+        one the fit puts within twice the tolerance (empty when no structure fits the frame counts).
+    """
+    fixed = dict(fixed or {})
+    fixed["sampling_rate"] = sampling_rate
+    pairs = []
+    for index, (mel, audio) in enumerate(zip(mels, audios)):
+        array = _as_2d(mel, f"mel {index}")
+        wave = (audio.detach().cpu().double().numpy() if isinstance(audio, torch.Tensor)
+                else np.asarray(audio, np.float64)).reshape(-1)
+        pairs.append(_Pair(str(index), array, wave, _columns(array.shape[1])))
+    if not pairs:
+        return []
+    if spectra is not None:
+        spectra = [np.asarray(sp, np.float64) for sp in spectra]
+        fixed["eps"] = 0.0
+        n_fft = int(fixed["n_fft"])
+        structures = [_Structure(n_fft, int(fixed.get("hop_size", n_fft // 4)), int(fixed.get("win_size", n_fft)),
+                                 "reflect", False)]
+        fitter = _Fitter(pairs, sampling_rate, fixed, tolerance, spectra)
+    else:
+        fitter = _Fitter(pairs, sampling_rate, fixed, tolerance)
+        structures = _structures(pairs, fixed)
+    if not structures:
+        return []
+    # Common structures (window = n_fft or 4 hops, power-of-two n_fft or 4 hops) first; the rest
+    # only when none of them reproduces the mels, and then the most plausible few.
+    common = [s for s in structures if _common(s, sampling_rate)]
+    rest = [s for s in structures if not _common(s, sampling_rate)][:24]
+    scored: list[tuple[float, _Structure, _Bank, str]] = []
+    for group in (common, rest):
+        # Most promising first (a few common filterbanks rank the structures cheaply), each given a
+        # first look; then a thorough search on the best few when no first look reproduced the mels.
+        looks = []
+        for s in sorted(group, key=fitter.quick_score):
+            err, bank, base, mean = fitter.descend(s, thorough=False)
+            looks.append((mean, err, s, bank, base))
+            scored.append((err, s, bank, base))
+            if err <= tolerance * 0.1:
+                break
+        if looks and min(item[1] for item in looks) > tolerance * 0.1:
+            for _, _, s, _, _ in sorted(looks, key=lambda item: item[0])[:5]:
+                err, bank, base, _ = fitter.descend(s, thorough=True)
+                scored.append((err, s, bank, base))
+                if err <= tolerance * 0.1:
+                    break
+        if scored and min(item[0] for item in scored) <= tolerance:
+            break
+    fine_inputs = sorted(scored, key=lambda item: item[0])
+    candidates: list[Candidate] = []
+    for _, s, bank, base in fine_inputs[:3]:
+        candidates.extend(fitter.fine(s, bank, base))
+    candidates.sort(key=lambda c: c.max_error)
+    # Verify the best few and every other config the fit puts near the tolerance.
+    chosen = candidates[:max_candidates] + [c for c in candidates[max_candidates:] if c.max_error <= 2 * tolerance]
+    verified = [Candidate(c.config, _verify(c, pairs, spectra)) for c in chosen[: 4 * max_candidates]]
+    verified.sort(key=lambda c: c.max_error)
+    unique: list[Candidate] = []
+    for candidate in verified:
+        if all(candidate.config != other.config for other in unique):
+            unique.append(candidate)
+    return unique
+
+
+# --------------------------------------------------------------------------------------------------
+# identify(): files in, Identification out
+# --------------------------------------------------------------------------------------------------
+
+
+def _read_mel(path: Path) -> np.ndarray:
+    """A mel file, ``.npy`` or else ``torch.save``d, as float64 ``(num_mels, frames)``."""
+    try:
+        if path.suffix.lower() == ".npy":
+            mel: Any = np.load(path)
+        else:
+            mel = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UsageError(f"{path}: cannot read the mel ({type(error).__name__}: {error})") from error
+    if not isinstance(mel, (np.ndarray, torch.Tensor)):
+        raise UsageError(f"{path}: holds a {type(mel).__name__}, not a tensor of shape (num_mels, frames)")
+    return _as_2d(mel, str(path))
+
+
+def _read_audio(path: Path) -> tuple[np.ndarray, int]:
+    """Mono float64 samples and the file's rate."""
+    import soundfile as sf
+
+    try:
+        audio, rate = sf.read(str(path), dtype="float64", always_2d=True)
+    except Exception as error:
+        raise UsageError(f"{path}: unreadable audio ({type(error).__name__}: {error})") from error
+    if audio.shape[0] == 0:
+        raise UsageError(f"{path}: no audio samples")
+    return audio.mean(axis=1), int(rate)
+
+
+def _pair_files(mel_paths: Sequence[Path], audio_paths: Sequence[Path]) -> list[tuple[Path, Path]]:
+    """Audio pairs with mels by stem, else by order."""
+    by_stem = {p.stem: p for p in audio_paths}
+    if len(by_stem) == len(audio_paths) and all(m.stem in by_stem for m in mel_paths):
+        return [(m, by_stem[m.stem]) for m in mel_paths]
+    if len(mel_paths) != len(audio_paths):
+        raise UsageError(
+            f"{len(mel_paths)} mel file(s) and {len(audio_paths)} audio file(s) whose stems do not all match: "
+            "give one audio file per mel, with the same stem or in the same order"
+        )
+    return list(zip(mel_paths, audio_paths))
+
+
+def _open_without_audio(stats: MelStatistics) -> list[str]:
+    known = {"num_mels"} | ({"log_base", "clip_val"} if stats.clip_val is not None else set())
+    return [f for f in _FIELDS if f not in known]
+
+
+def identify(
+    mels: Sequence[np.ndarray | torch.Tensor],
+    audios: Optional[Sequence[tuple[np.ndarray, int]]] = None,
+    *,
+    presets: Optional[Mapping[str, MelConfig]] = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Identification:
+    """Identify the MelConfig of ``mels`` (``(num_mels, frames)`` each).
+
+    Args:
+        mels: the log-mels.
+        audios: ``(audio (T,), sampling_rate)`` per mel, or None (statistics only).
+        presets: preset name -> config, for the closest preset and the override line.
+        tolerance: max abs error (mels' units) under which a config reproduces the mels.
+    """
+    arrays = [_as_2d(m) for m in mels]
+    if not arrays:
+        raise UsageError("no mels given")
+    if len({a.shape[0] for a in arrays}) != 1:
+        counts = sorted({a.shape[0] for a in arrays})
+        raise UsageError(f"mels with different band counts {counts}: identify one set at a time")
+    stats = mel_statistics(arrays)
+    presets = dict(presets or {})
+    if not audios:
+        return _identify_without_audio(stats, presets, tolerance)
+    rates = {rate for _, rate in audios}
+    if len(rates) != 1:
+        raise UsageError(f"audio at several rates {sorted(rates)}: identify one set at a time")
+    rate = rates.pop()
+    candidates = fit_config(arrays, [a for a, _ in audios], rate, tolerance=tolerance)
+    if not candidates:
+        frames = ", ".join(f"{a.shape[1]} frames / {len(w)} samples" for a, (w, _) in zip(arrays, audios))
+        raise UsageError(f"no hop size and padding give these frame counts ({frames}): "
+                         "are these the mels of this audio?")
+    within = [c for c in candidates if c.max_error <= tolerance]
+    for c in candidates:
+        c.preset, c.override = override_line(c.config, presets)
+    if within:
+        # Among the configs that reproduce the mels, the one closest to a preset (knobs the mels
+        # leave open then keep the preset's value), then the smallest error.
+        def closeness(c: Candidate) -> tuple[int, float]:
+            return (len(c.override.split()), c.max_error)
+
+        best = min(within, key=closeness)
+        others = [c for c in within if c is not best]
+    else:
+        best, others = candidates[0], candidates[1:]
+    return Identification(
+        config=best.config.to_dict(), max_error=best.max_error, reproduces=bool(within),
+        preset=best.preset, override=best.override, candidates=others,
+        open=_open_with_audio(best, within), statistics=stats, tolerance=tolerance,
+    )
+
+
+def _open_with_audio(best: Candidate, within: Sequence[Candidate]) -> list[str]:
+    notes = []
+    for name in _FIELDS:
+        values = sorted({_hydra_value(getattr(c.config, name)) for c in within})
+        if len(values) > 1:
+            notes.append(f"{name}: {', '.join(values)} all reproduce the mels")
+    return notes
+
+
+def _silence_fits(stats: MelStatistics, config: MelConfig) -> bool:
+    """Whether the floor the mels show (if any) is what ``config`` gives digital silence."""
+    if stats.floor is None and stats.floor_per_band is None:
+        return True
+    silence, _ = _expected_range(config)
+    if stats.floor is not None:
+        return bool(silence.min() - 0.05 <= stats.floor <= silence.max() + 0.05)
+    return bool(np.allclose(stats.floor_per_band, silence, atol=0.05))
+
+
+def _identify_without_audio(stats: MelStatistics, presets: Mapping[str, MelConfig], tolerance: float) -> Identification:
+    config: dict[str, Any] = {"num_mels": stats.num_mels}
+    if stats.clip_val is not None and stats.log_base in ("e", "10"):
+        config["log_base"], config["clip_val"] = stats.log_base, stats.clip_val
+    consistent = [name for name, preset in presets.items()
+                  if all(_same(key, preset, dataclasses.replace(preset, **{key: value}))
+                         for key, value in config.items()) and _silence_fits(stats, preset)]
+    preset = consistent[0] if len(consistent) == 1 else None
+    candidates = [Candidate(presets[name], None, name, f"features={name}") for name in consistent]
+    if preset is not None:
+        override = f"features={preset}"
+    else:
+        override = " ".join(f"features.{key}={_hydra_value(value)}" for key, value in config.items())
+    return Identification(config=config, max_error=None, reproduces=False, preset=preset, override=override,
+                          candidates=candidates, open=_open_without_audio(stats), statistics=stats,
+                          tolerance=tolerance)
+
+
+# --------------------------------------------------------------------------------------------------
+# The pipeline's check
+# --------------------------------------------------------------------------------------------------
+
+
+def _log(value: float, base: str) -> float:
+    return math.log(value) if base == "e" else math.log10(value)
+
+
+def _expected_range(config: MelConfig) -> tuple[np.ndarray, float]:
+    """Per-band value of digital silence and the largest value [-1, 1] audio can give, under ``config``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sums = mel_filterbank(config).double().sum(dim=1).numpy()
+    silence = np.array([_log(max(config.clip_val, math.sqrt(config.eps) * s), config.log_base) for s in sums])
+    window_sum = float(torch.hann_window(config.win_size, dtype=torch.float64).sum())
+    peak = _log(max(config.clip_val, float(sums.max()) * math.sqrt(window_sum**2 + config.eps)), config.log_base)
+    return silence, peak
+
+
+def _floor_text(value: float) -> str:
+    readings = _floor_meaning(value)
+    return f"{value:.2f}" + (f" = {_describe_floor(*readings[0])}" if readings else "")
+
+
+def _config_floor_text(config: MelConfig, silence: np.ndarray) -> str:
+    function = "ln" if config.log_base == "e" else "log10"
+    floor = _log(config.clip_val, config.log_base)
+    if np.allclose(silence, floor):
+        return f"{function}({_short(config.clip_val)}) = {floor:.2f}"
+    return (f"{silence.min():.2f}..{silence.max():.2f} per band ({function} of sqrt(eps={_short(config.eps)}) "
+            f"times each filter's sum, above the clamp {function}({_short(config.clip_val)}))")
+
+
+def check_mel_statistics(mel: np.ndarray | torch.Tensor, config: MelConfig, *, name: str = "these mels",
+                         against: str = "the checkpoint's features", fix: str = "") -> None:
+    """Stop on mels whose statistics contradict ``config``: num_mels, floor, range, log base.
+
+    Teacher-forced mels are predictions, so values a little below the floor are fine; the check
+    fires only on clear mismatches: another floor reached (e.g. Vocos' ln(1e-7) against ln(1e-5)),
+    values far below the floor, or values above what [-1, 1] audio can reach.
+
+    Raises:
+        MelMismatchError: naming ``name``, quoting both sides (``against`` names the features) and
+            ending with ``fix``.
+    """
+    array = _as_2d(mel, name)
+    tail = f" ({fix})" if fix else ""
+    if array.shape[0] != config.num_mels:
+        raise MelMismatchError(f"{name}: {array.shape[0]} mel bands, {against} have "
+                               f"num_mels={config.num_mels}{tail}", name)
+    stats = mel_statistics([array])
+    silence, peak = _expected_range(config)
+    expected = _config_floor_text(config, silence)
+    scale = 1.0 if config.log_base == "e" else 1.0 / _LN10
+    if stats.floor is not None and abs(stats.floor - silence.min()) > 0.05 * scale and not (
+        silence.min() - 0.05 * scale <= stats.floor <= silence.max() + 0.05 * scale
+    ):
+        raise MelMismatchError(f"{name} floor at {_floor_text(stats.floor)}; {against} floor at "
+                               f"{expected}{tail}", name)
+    margin = max(1.0 * scale, 0.2 * abs(float(silence.min())))
+    if stats.minimum < silence.min() - margin:
+        raise MelMismatchError(f"{name} go down to {_floor_text(stats.minimum)}, far below the floor of "
+                               f"{against}, {expected}: made with a lower floor or another log base{tail}", name)
+    if stats.maximum > peak + 0.5 * scale:
+        hint = ""
+        if stats.normalisation:
+            hint = f"; they look like {stats.normalisation}"
+        elif config.log_base == "e" and stats.maximum - peak > 5:
+            hint = "; made from integer-scale audio (not divided by 32768: +10.4)?"
+        raise MelMismatchError(f"{name} reach {stats.maximum:.2f}, above the most [-1, 1] audio gives under "
+                               f"{against} ({peak:.2f}){hint}{tail}", name)
+
+
+def check_mel_files(paths: Sequence[str | Path], config: MelConfig, *, fix: str, limit: int = 16,
+                    against: str = "the checkpoint's features") -> None:
+    """:func:`check_mel_statistics` on up to ``limit`` of the mel files ``paths`` (spread over the list)."""
+    paths = list(paths)
+    if not paths:
+        return
+    step = max(1, len(paths) // limit)
+    for path in paths[::step][:limit]:
+        try:
+            mel = _read_mel(Path(path))
+        except UsageError:
+            continue  # unreadable or misshapen files are reported where the mels are loaded, with the fix
+        if mel.shape[0] != config.num_mels:
+            continue
+        check_mel_statistics(mel, config, name=f"{path}: these mels", against=against, fix=fix)
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
+
+def _config_text(config: Mapping[str, Any]) -> str:
+    return ", ".join(f"{key} {_hydra_value(value)}" for key, value in config.items())
+
+
+def format_report(result: Identification, mel_count: int, audio_note: str) -> str:
+    """The human-readable report."""
+    lines = [f"identify: {mel_count} mel file(s), {result.statistics.num_mels} mel bands; {audio_note}"]
+    stats = result.statistics
+    if result.max_error is not None:
+        verdict = "reproduced" if result.reproduces else "NOT reproduced by any config searched"
+        lines.append(f"{verdict}: max error {result.max_error:.3g} (tolerance {result.tolerance:g})")
+        label = "config" if result.reproduces else "best config"
+        lines.append(f"{label}: {_config_text(result.config)}")
+        lines.append(f"closest preset: {result.preset or '-'}")
+        lines.append(f"override: {result.override}")
+        if result.candidates:
+            lines.append("also within tolerance:" if result.reproduces else "next best candidates:")
+            for c in result.candidates[:_LISTED]:
+                lines.append(f"  max error {c.max_error:.3g}: {c.override}")
+            if len(result.candidates) > _LISTED:
+                lines.append(f"  ... and {len(result.candidates) - _LISTED} more (--json lists them all)")
+        if result.open:
+            lines.append("left open by these mels and audio:")
+            lines.extend(f"  {note}" for note in result.open)
+        return "\n".join(lines)
+    lines.append(f"num_mels: {stats.num_mels}; values {stats.minimum:.4g}..{stats.maximum:.4g}")
+    if stats.floor is not None:
+        lines.append(f"log floor reached at {_floor_text(stats.floor)}"
+                     + (f": log_base {stats.log_base}, clip_val {stats.clip_val:g}" if stats.clip_val else
+                        " (not a round clip value in ln, log10 or dB)"))
+    elif stats.floor_per_band is not None:
+        lines.append(f"floor reached per band at {stats.floor_per_band.min():.2f}..{stats.floor_per_band.max():.2f}: "
+                     "a magnitude floor sqrt(eps) (VITS-style eps 1e-6), the log clamp not reached")
+    else:
+        lines.append("no log floor reached (no silence): the floor and log base stay open")
+    lines.append(f"normalisation: {stats.normalisation or 'no sign of per-bin mean/variance or dB scaling'}")
+    lines.append(f"presets consistent with this: {', '.join(c.preset or '' for c in result.candidates) or '-'}")
+    lines.append(f"override: {result.override}")
+    lines.append(f"left open (give --audio to fit them): {', '.join(result.open)}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m melvoc.identify",
+        description="Find the MelConfig (and the closest preset) that made these mel files.",
+        epilog="exit codes: 0 reproduced (or, without --audio, reported), 1 nothing reproduces the mels, 2 usage error",
+    )
+    parser.add_argument("mels", nargs="+", type=Path, metavar="MELS",
+                        help=".npy/.pt log-mels, (num_mels, frames) or (1, num_mels, frames)")
+    parser.add_argument("--audio", nargs="+", type=Path, default=None, metavar="AUDIO",
+                        help="the audio the mels were made from (paired by stem, else by order)")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write the result as JSON")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help="max abs error (mels' units) that counts as reproduced (default %(default)g)")
+    parser.add_argument("--conf-dir", default=None, help="folder of preset YAML files (default: conf/features)")
+    return parser
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/inf: such numbers become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``python -m melvoc.identify``; returns the exit code."""
+    args = _parser().parse_args(argv)
+    # The search is thousands of small matrix products: extra threads only contend for the cores.
+    torch.set_num_threads(1)
+    try:
+        presets = load_presets(args.conf_dir)
+        mel_paths = list(args.mels)
+        for path in mel_paths + list(args.audio or []):
+            if not path.is_file():
+                raise UsageError(f"{path}: file not found")
+        if args.audio:
+            pairs = _pair_files(mel_paths, args.audio)
+            mels = [_read_mel(m) for m, _ in pairs]
+            audios = [_read_audio(a) for _, a in pairs]
+            note = f"{len(audios)} audio file(s) at {audios[0][1]} Hz"
+        else:
+            mels, audios, note = [_read_mel(m) for m in mel_paths], None, "no audio"
+        result = identify(mels, audios, presets=presets, tolerance=args.tolerance)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_report(result, len(mel_paths), note))
+    if args.json is not None:
+        args.json.write_text(json.dumps(_finite(result.to_json()), indent=2) + "\n")
+    if result.max_error is not None and not result.reproduces:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
