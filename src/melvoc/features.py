@@ -1,6 +1,6 @@
 """Log-mel features that reproduce the classic VITS / HiFi-GAN ``mel_processing.py`` functions.
 
-The computation (default knobs, the VITS lineage), all of it in :func:`_log_mel` below::
+The computation (default knobs, the VITS lineage), whole in the section "the reference path" below::
 
     audio (B, T) --reflect pad (n_fft - hop) // 2--> frames (B, F, n_fft) * hann(win_size)
         --rfft--> sqrt(re^2 + im^2 + eps) (B, n_fft // 2 + 1, F)
@@ -11,7 +11,7 @@ filterbank are built in float32 and only then cast to the input dtype, and the p
 ``int((n_fft - hop_size) / 2)`` (truncation for odd differences).
 
 That path is what autograd, GPUs and ``torch.compile`` run. CPU calls that need no gradient take
-:mod:`melvoc.features_fast` instead (same results, reused buffers), unless ``fast=False``.
+:mod:`melvoc.features_fast` instead (same results, faster), unless switched off with ``fast=False``.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
 import numpy as np
 import torch
@@ -32,113 +31,67 @@ from torch import Tensor, nn
 from melvoc import features_fast
 
 __all__ = [
-    "MelConfig",
-    "MelSpectrogram",
-    "Spectrogram",
-    "cache_info",
-    "clear_cache",
-    "hann_window",
-    "mel_filterbank",
-    "mel_spectrogram",
-    "min_audio_length",
-    "num_frames",
-    "spec_to_mel",
-    "spectrogram",
+    "MelConfig", "MelSpectrogram", "Spectrogram", "cache_info", "clear_cache", "hann_window", "mel_filterbank",
+    "mel_spectrogram", "min_audio_length", "num_frames", "spec_to_mel", "spectrogram",
 ]
 
 PadMode = Literal["reflect", "zeros", "none"]
-_PAD_MODES = ("reflect", "zeros", "none")
-_LOG_BASES = ("e", "10")
-_MEL_SCALES = ("slaney", "htk")
-_MEL_NORMS = ("slaney", None)
-_HALF_DTYPES = (torch.float16, torch.bfloat16)
+_CHOICES = {
+    "pad_mode": get_args(PadMode), "log_base": ("e", "10"), "mel_scale": ("slaney", "htk"), "mel_norm": ("slaney", None)
+}
 
 
 @dataclass(frozen=True)
 class MelConfig:
-    """Parameters of a log-mel spectrogram, named as in the original ``mel_processing.py``.
+    """Parameters of a log-mel spectrogram, named as in the original ``mel_processing.py``."""
 
-    Args:
-        sampling_rate: audio sample rate in Hz.
-        n_fft: FFT size; the spectrogram has ``n_fft // 2 + 1`` bins.
-        hop_size: samples between frames.
-        win_size: Hann window length (``<= n_fft``; zero-padded to ``n_fft``, centred).
-        num_mels: number of mel bands.
-        fmin: lowest filterbank frequency in Hz.
-        fmax: highest filterbank frequency in Hz; ``None`` means ``sampling_rate / 2``.
-        center: ``torch.stft``'s ``center`` (an extra reflect pad of ``n_fft // 2``).
-        eps: added under the square root of the magnitude, ``sqrt(re^2 + im^2 + eps)``
-            (VITS 1e-6, HiFi-GAN/BigVGAN 1e-9, GPT-SoVITS 1e-8); 0 gives the plain ``|X|``.
-        clip_val: floor of the log, ``log(clamp(mel, clip_val))``.
-        pad_mode: padding of ``(n_fft - hop_size) // 2`` on both sides before the STFT:
-            ``reflect`` (VITS/HiFi-GAN), ``zeros`` (NeMo exact_pad) or ``none`` (Vocos).
-        log_base: ``"e"`` (natural log) or ``"10"``.
-        mel_scale: ``"slaney"`` (librosa default) or ``"htk"`` (torchaudio default).
-        mel_norm: ``"slaney"`` (area normalisation, librosa default) or ``None``.
-    """
-
-    sampling_rate: int
-    n_fft: int
-    hop_size: int
-    win_size: int
+    sampling_rate: int  # Hz
+    n_fft: int  # FFT size; the spectrogram has n_fft // 2 + 1 bins
+    hop_size: int  # samples between frames
+    win_size: int  # Hann window length (<= n_fft; zero-padded to n_fft, centred)
     num_mels: int
-    fmin: float = 0.0
-    fmax: Optional[float] = None
-    center: bool = False
+    fmin: float = 0.0  # lowest filterbank frequency, Hz
+    fmax: Optional[float] = None  # highest filterbank frequency, Hz; None: sampling_rate / 2
+    center: bool = False  # torch.stft's center: an extra reflect pad of n_fft // 2
+    # under the square root of the magnitude, sqrt(re^2 + im^2 + eps): VITS 1e-6, HiFi-GAN/BigVGAN 1e-9,
+    # GPT-SoVITS 1e-8; 0 gives the plain |X|
     eps: float = 1e-6
-    clip_val: float = 1e-5
+    clip_val: float = 1e-5  # floor of the log, log(clamp(mel, clip_val))
+    # padding of (n_fft - hop_size) // 2 on both sides before the STFT: reflect (VITS/HiFi-GAN),
+    # zeros (NeMo exact_pad) or none (Vocos)
     pad_mode: PadMode = "reflect"
-    log_base: str = "e"
-    mel_scale: str = "slaney"
-    mel_norm: Optional[str] = "slaney"
+    log_base: str = "e"  # "e" (natural log) or "10"
+    mel_scale: str = "slaney"  # "slaney" (librosa default) or "htk" (torchaudio default)
+    mel_norm: Optional[str] = "slaney"  # "slaney" (area normalisation, librosa default) or None
 
     def __post_init__(self) -> None:
         for name in ("sampling_rate", "n_fft", "hop_size", "win_size", "num_mels"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                if isinstance(value, float) and value.is_integer():
-                    object.__setattr__(self, name, int(value))
-                else:
-                    raise ValueError(f"MelConfig.{name}={value!r}: must be a positive integer")
-        if self.sampling_rate <= 0:
-            raise ValueError(f"MelConfig.sampling_rate={self.sampling_rate}: must be > 0 Hz")
-        if self.n_fft <= 0:
-            raise ValueError(f"MelConfig.n_fft={self.n_fft}: must be > 0")
-        if self.hop_size <= 0:
-            raise ValueError(f"MelConfig.hop_size={self.hop_size}: must be > 0")
-        if not 0 < self.win_size <= self.n_fft:
-            raise ValueError(
-                f"MelConfig.win_size={self.win_size}: must be in [1, n_fft={self.n_fft}]"
-            )
-        if self.num_mels < 1:
-            raise ValueError(f"MelConfig.num_mels={self.num_mels}: must be >= 1")
-        nyquist = self.sampling_rate / 2
-        if self.fmin < 0:
-            raise ValueError(f"MelConfig.fmin={self.fmin}: must be >= 0 Hz")
-        if self.fmax is not None and not 0 < self.fmax <= nyquist:
-            raise ValueError(
-                f"MelConfig.fmax={self.fmax}: must be in (0, sampling_rate/2={nyquist:g}] Hz "
-                "(or null for sampling_rate/2)"
-            )
-        if self.fmin >= self.f_max:
-            raise ValueError(
-                f"MelConfig.fmin={self.fmin}: must be below fmax={self.f_max:g} Hz"
-            )
-        if self.eps < 0:
-            raise ValueError(f"MelConfig.eps={self.eps}: must be >= 0")
-        if self.clip_val <= 0:
-            raise ValueError(f"MelConfig.clip_val={self.clip_val}: must be > 0")
-        if self.pad_mode not in _PAD_MODES:
-            raise ValueError(f"MelConfig.pad_mode={self.pad_mode!r}: must be one of {_PAD_MODES}")
-        if str(self.log_base) not in _LOG_BASES:
-            raise ValueError(f"MelConfig.log_base={self.log_base!r}: must be one of {_LOG_BASES}")
+            if isinstance(value, float) and value.is_integer():
+                object.__setattr__(self, name, int(value))
+            elif isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"MelConfig.{name}={value!r}: must be a positive integer")
         object.__setattr__(self, "log_base", str(self.log_base))
-        if self.mel_scale not in _MEL_SCALES:
-            raise ValueError(
-                f"MelConfig.mel_scale={self.mel_scale!r}: must be one of {_MEL_SCALES}"
-            )
-        if self.mel_norm not in _MEL_NORMS:
-            raise ValueError(f"MelConfig.mel_norm={self.mel_norm!r}: must be one of {_MEL_NORMS}")
+        nyquist = self.sampling_rate / 2
+        checks = (
+            ("sampling_rate", self.sampling_rate > 0, "must be > 0 Hz"),
+            ("n_fft", self.n_fft > 0, "must be > 0"),
+            ("hop_size", self.hop_size > 0, "must be > 0"),
+            ("win_size", 0 < self.win_size <= self.n_fft, f"must be in [1, n_fft={self.n_fft}]"),
+            ("num_mels", self.num_mels >= 1, "must be >= 1"),
+            ("fmin", self.fmin >= 0, "must be >= 0 Hz"),
+            ("fmax", self.fmax is None or 0 < self.fmax <= nyquist,
+             f"must be in (0, sampling_rate/2={nyquist:g}] Hz (or null for sampling_rate/2)"),
+            ("fmin", self.fmin < self.f_max, f"must be below fmax={self.f_max:g} Hz"),
+            ("eps", self.eps >= 0, "must be >= 0"),
+            ("clip_val", self.clip_val > 0, "must be > 0"),
+            *((name, getattr(self, name) in allowed, f"must be one of {allowed}") for name, allowed in _CHOICES.items()),
+        )
+        for name, valid, allowed in checks:
+            if not valid:
+                value = getattr(self, name)
+                shown = value if isinstance(value, (int, float)) else repr(value)
+                raise ValueError(f"MelConfig.{name}={shown}: {allowed}")
 
     @property
     def f_max(self) -> float:
@@ -179,9 +132,7 @@ class MelConfig:
             items = {str(k): v for k, v in value.items() if k != "_target_"}
             unknown = sorted(set(items) - fields)
             if unknown:
-                raise ValueError(
-                    f"unknown MelConfig field(s) {unknown}; allowed: {sorted(fields)}"
-                )
+                raise ValueError(f"unknown MelConfig field(s) {unknown}; allowed: {sorted(fields)}")
             return cls(**items)
         raise TypeError(f"expected a MelConfig or a mapping of its fields, got {type(value).__name__}")
 
@@ -221,18 +172,13 @@ def mel_filterbank(config: MelConfig) -> Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         basis = librosa.filters.mel(
-            sr=config.sampling_rate, n_fft=config.n_fft, n_mels=config.num_mels, fmin=config.fmin,
-            fmax=config.f_max, htk=config.mel_scale == "htk", norm=config.mel_norm, dtype=np.float32,
-        )
+            sr=config.sampling_rate, n_fft=config.n_fft, n_mels=config.num_mels, fmin=config.fmin, fmax=config.f_max,
+            htk=config.mel_scale == "htk", norm=config.mel_norm, dtype=np.float32)
     empty = np.flatnonzero(basis.max(axis=1) == 0)
     if empty.size:
-        warnings.warn(
-            f"{empty.size} of {config.num_mels} mel filters are empty (bands {empty[:8].tolist()}"
-            f"{'...' if empty.size > 8 else ''}) for {config}: lower num_mels, raise n_fft, "
-            "or widen fmin..fmax",
-            UserWarning,
-            stacklevel=2,
-        )
+        bands = f"{empty[:8].tolist()}{'...' if empty.size > 8 else ''}"
+        message = f"{empty.size} of {config.num_mels} mel filters are empty (bands {bands}) for {config}"
+        warnings.warn(f"{message}: lower num_mels, raise n_fft, or widen fmin..fmax", UserWarning, stacklevel=2)
     return torch.from_numpy(basis)
 
 
@@ -243,7 +189,10 @@ def _log_mel(batch: Tensor, window: Tensor, basis: Tensor, config: MelConfig) ->
     """``(B, T)`` audio -> log-mel ``(B, num_mels, F)``; ``window``, ``basis`` in the audio's dtype."""
     band = config.mel_bins
     magnitude = _stft_magnitude(batch, window, config, band)  # (B, bins, F)
-    mel = torch.matmul(basis[:, band], magnitude)
+    return _log(torch.matmul(basis[:, band], magnitude), config)
+
+
+def _log(mel: Tensor, config: MelConfig) -> Tensor:
     mel = torch.clamp(mel, min=config.clip_val)
     return torch.log(mel) if config.log_base == "e" else torch.log10(mel)
 
@@ -295,11 +244,8 @@ class _RfftMagnitude(torch.autograd.Function):
             scale = torch.where(magnitude > 0, scale, torch.zeros_like(scale))
         n_bins = ctx.n_fft // 2 + 1
         start, stop, _ = ctx.band.indices(n_bins)
-        weight = scale.new_full((n_bins,), 0.5)
-        weight[0] = 1.0
-        if ctx.n_fft % 2 == 0:
-            weight[-1] = 1.0
-        half = spectrum * (scale.transpose(1, 2) * weight[start:stop])
+        bins = torch.arange(start, stop, device=scale.device)
+        half = spectrum * (scale.transpose(1, 2) * torch.where((bins > 0) & (bins < ctx.n_fft / 2), 0.5, 1.0))
         half = nn.functional.pad(torch.view_as_real(half), (0, 0, start, n_bins - stop))
         return torch.fft.irfft(torch.view_as_complex(half), n=ctx.n_fft, dim=-1, norm="forward"), None, None
 
@@ -318,14 +264,11 @@ def spectrogram(audio: Tensor, config: MelConfig) -> Tensor:
 def spec_to_mel(spec: Tensor, config: MelConfig) -> Tensor:
     """Linear spectrogram ``(..., n_fft // 2 + 1, frames)`` -> log-mel ``(..., num_mels, frames)``."""
     if spec.dim() < 2 or spec.shape[-2] != config.n_freqs:
-        raise ValueError(
-            f"spectrogram of shape {tuple(spec.shape)}: expected (..., {config.n_freqs}, frames) "
-            f"for n_fft={config.n_fft}"
-        )
+        expected = f"(..., {config.n_freqs}, frames) for n_fft={config.n_fft}"
+        raise ValueError(f"spectrogram of shape {tuple(spec.shape)}: expected {expected}")
     with _autocast_off(spec.device.type):
         spec = spec.to(_compute_dtype(spec.dtype))
-        mel = torch.clamp(torch.matmul(_constants(config, spec.dtype, spec.device)[1], spec), min=config.clip_val)
-        return torch.log(mel) if config.log_base == "e" else torch.log10(mel)
+        return _log(torch.matmul(_constants(config, spec.dtype, spec.device)[1], spec), config)
 
 
 def mel_spectrogram(audio: Tensor, config: MelConfig, *, fast: bool = True) -> Tensor:
@@ -379,24 +322,19 @@ def clear_cache() -> None:
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in _HALF_DTYPES else dtype
+    return torch.promote_types(dtype, torch.float32)  # float16/bfloat16 -> float32; float64 stays
 
 
 def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
-    """Under autocast the STFT and filterbank run in float32 (a no-op on devices autocast does not know)."""
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
+    """Under autocast the STFT and filterbank run in float32 (nothing to do where autocast does not exist: meta)."""
+    available = torch.amp.is_autocast_available(device_type)
+    return torch.autocast(device_type, enabled=False) if available else contextlib.nullcontext()
 
 
 def _audio_batch(audio: Tensor, config: MelConfig) -> Tensor:
     """``(T,)``, ``(B, T)`` or ``(B, 1, T)`` -> ``(B, T)`` in the compute dtype, checked."""
-    if audio.dim() == 2:
-        batch = audio
-    elif audio.dim() == 1:
-        batch = audio.unsqueeze(0)
-    elif audio.dim() == 3 and audio.shape[1] == 1:
-        batch = audio.squeeze(1)
+    if audio.dim() in (1, 2) or (audio.dim() == 3 and audio.shape[1] == 1):
+        batch = audio.reshape(-1, audio.shape[-1])
     else:
         raise ValueError(f"audio of shape {tuple(audio.shape)}: expected (T,), (B, T) or (B, 1, T)")
     if not batch.is_floating_point():
@@ -407,7 +345,7 @@ def _audio_batch(audio: Tensor, config: MelConfig) -> Tensor:
             f"audio of {batch.shape[-1]} samples is too short for n_fft={config.n_fft}, "
             f"hop_size={config.hop_size}, pad_mode={config.pad_mode!r}: need at least {minimum} samples"
         )
-    return batch.float() if batch.dtype in _HALF_DTYPES else batch
+    return batch.to(_compute_dtype(batch.dtype))
 
 
 class _FeatureModule(nn.Module):
