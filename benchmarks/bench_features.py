@@ -6,10 +6,12 @@ All contenders run in the same process, interleaved, on the same inputs; each ti
 ``--rounds`` rounds of ``--iters`` calls (robust against a busy machine). The last column is the median
 over rounds of the original's time divided by melvoc's, each pair timed back to back: > 1 means
 melvoc is faster. The page-fault line counts the minor page faults per call of each contender.
+``melvoc fast=False`` is melvoc's reference path (what autograd and GPUs run) on calls that would
+take the CPU fast path (``melvoc.features_fast``); the line under the table says what the fast path brings.
 
 Page faults matter on the CPU: glibc hands freed multi-MB blocks back to the kernel (heap trimming)
 and the next call faults them in again, 4 KiB at a time, which can cost more than the computation.
-melvoc reuses its buffers (``melvoc.features`` plans); the original allocates per call, and whether
+melvoc's fast path reuses its buffers (``melvoc.features_fast`` plans); the original allocates per call, and whether
 its blocks get trimmed depends on the heap's history, so its time moves between runs.
 ``--allocator keep`` reruns the script with glibc told never to trim or mmap (``GLIBC_TUNABLES``),
 so that no contender faults and the ratio compares computation alone.
@@ -115,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     legacy = load_reference(args.reference)
     melvoc_mel = MelSpectrogram(CONFIG).to(device)
+    melvoc_reference = MelSpectrogram(CONFIG, fast=False).to(device)
     c = CONFIG
 
     def original(audio: torch.Tensor) -> torch.Tensor:
@@ -128,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     # melvoc.compat keeps the original's range check (two host reads) on by default.
-    peers: dict[str, Callable[[torch.Tensor], object]] = {"melvoc": melvoc_mel, "melvoc.compat": drop_in}
+    peers: dict[str, Callable[[torch.Tensor], object]] = {
+        "melvoc": melvoc_mel, "melvoc fast=False": melvoc_reference, "melvoc.compat": drop_in
+    }
     if legacy is not None:
         peers["original"] = original
     try:
@@ -179,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return run
 
-    grad_peers = {k: train_step(f) for k, f in peers.items() if k != "librosa"}
+    # with autograd every melvoc call takes the reference path: fast=False would time melvoc again
+    grad_peers = {k: train_step(f) for k, f in peers.items() if k not in ("librosa", "melvoc fast=False")}
     rows.append(("forward+backward, batch 16 x 8192", best_ms(grad_peers, args.iters, args.rounds, sync)))
     if "librosa" in peers:
         for case, times in rows[:2]:
@@ -200,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         cells = " | ".join(f"{times[n]:.3f}" if n in times else "-" for n in names)
         ratio = f"{paired_ratio(times, 'original', 'melvoc'):.2f}x" if "original" in times else "-"
         print(f"| {case} | {cells} | {ratio} |")
+    print("\nfast path: reference / fast, paired: " + "; ".join(
+        f"{case}: {paired_ratio(times, 'melvoc fast=False', 'melvoc'):.2f}x"
+        for case, times in rows if "melvoc fast=False" in times
+    ))
     print("\nminor page faults per call: " + "; ".join(
         f"{case}: " + ", ".join(f"{n} {times['_faults'][n]:.0f}" for n in names if n in times["_faults"])
         for case, times in rows

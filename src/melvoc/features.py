@@ -211,9 +211,9 @@ def _pad_for_stft(batch: Tensor, config: MelConfig) -> Tensor:
     return _reflect_pad(batch, config.n_fft // 2) if config.center else batch
 
 
-def _reflect_pad(batch: Tensor, pad: int) -> Tensor:
+def _reflect_pad(batch: Tensor, pad: int, out: Optional[Tensor] = None) -> Tensor:
     """``F.pad(..., mode="reflect")`` on ``(B, T)``; a flip-and-concatenate is ~4x faster on the CPU."""
-    return torch.cat([batch[:, 1 : pad + 1].flip(-1), batch, batch[:, -pad - 1 : -1].flip(-1)], dim=-1)
+    return torch.cat([batch[:, 1 : pad + 1].flip(-1), batch, batch[:, -pad - 1 : -1].flip(-1)], dim=-1, out=out)
 
 
 class _RfftMagnitude(torch.autograd.Function):

@@ -54,13 +54,10 @@ def log_mel(batch: Tensor, window: Tensor, basis: Tensor, config: MelConfig) -> 
     projection = _projection(basis, config.mel_bins, batch.dtype)
     plan = _plans.acquire(config, size, length, batch.dtype, projection)
     try:
-        if plan.padded is None:
+        if plan.padded is None:  # zeros, none or center: pads allocated per call (not in the benchmark)
             source = features._pad_for_stft(batch, config)
         else:
-            source = torch.cat(
-                [batch[:, 1 : config.pre_pad + 1].flip(-1), batch, batch[:, -config.pre_pad - 1 : -1].flip(-1)],
-                dim=-1, out=plan.padded,
-            )
+            source = features._reflect_pad(batch, config.pre_pad, out=plan.padded)
         torch.mul(source.unfold(-1, config.n_fft, config.hop_size), window, out=plan.frames)
         parts = torch.view_as_real(torch.fft.rfft(plan.frames, dim=-1)[..., config.mel_bins])
         parts.mul_(parts)
