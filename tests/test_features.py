@@ -277,6 +277,18 @@ def test_gradcheck_float64(config: MelConfig) -> None:
     assert torch.autograd.gradcheck(lambda a: mel_spectrogram(a, config), (audio[:1, :96].detach().requires_grad_(),))
 
 
+@pytest.mark.slow
+def test_torch_compile_traces_the_reference_path_in_one_graph() -> None:
+    module = MelSpectrogram(VITS.replace(eps=1e-9))
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True)  # fullgraph: a graph break fails
+    audio = (torch.rand(2, 4096, dtype=torch.float64) - 0.5).requires_grad_()
+    (got_grad,) = torch.autograd.grad(compiled(audio).sum(), audio)
+    (want_grad,) = torch.autograd.grad(module(audio).sum(), audio)
+    torch.testing.assert_close(got_grad, want_grad, rtol=0, atol=1e-10)
+    with torch.no_grad():  # under compile the fast path stands aside
+        torch.testing.assert_close(compiled(audio), module(audio), rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("eps", [1e-6, 0.0])
 def test_gradients_finite_on_digital_silence(eps: float) -> None:
     silence = torch.zeros(2, 4096, requires_grad=True)
