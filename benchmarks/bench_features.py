@@ -67,7 +67,8 @@ def load_reference(path: str | None):
 
 
 def best_ms(
-    fns: dict[str, Callable[[], object]], iters: int, rounds: int, sync: Callable[[], None]
+    fns: dict[str, Callable[[], object]], iters: int, rounds: int, sync: Callable[[], None],
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, object]:
     """Best time (ms per call) of each contender, plus every round's times for paired ratios."""
     best = {name: float("inf") for name in fns}
@@ -79,11 +80,11 @@ def best_ms(
             fn()
             sync()
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            start = time.perf_counter()
+            start = clock()
             for _ in range(iters):
                 fn()
             sync()
-            this_round[name] = (time.perf_counter() - start) / iters * 1e3
+            this_round[name] = (clock() - start) / iters * 1e3
             faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
             best[name] = min(best[name], this_round[name])
         per_round.append(this_round)
@@ -104,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall",
+        help="cpu: this process's CPU time (all threads), steadier than wall time on a machine others share",
+    )
+    parser.add_argument(
         "--allocator", choices=("default", "keep"), default="default",
         help="keep: rerun with glibc never trimming or mmapping freed memory (no page faults for anyone)",
     )
@@ -115,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     legacy = load_reference(args.reference)
     melvoc_mel = MelSpectrogram(CONFIG).to(device)
     melvoc_reference = MelSpectrogram(CONFIG, fast=False).to(device)
@@ -172,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with torch.no_grad():
         for case, audio in (("forward, batch 16 x 8192", batch), ("forward, one 10 s utterance", utterance)):
-            times = best_ms({k: (lambda f=f: f(audio)) for k, f in torch_peers.items()}, args.iters, args.rounds, sync)
+            times = best_ms({k: (lambda f=f: f(audio)) for k, f in torch_peers.items()}, args.iters, args.rounds, sync, clock)
             rows.append((case, times))
 
     def train_step(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
@@ -186,18 +192,18 @@ def main(argv: list[str] | None = None) -> int:
 
     # with autograd every melvoc call takes the reference path: fast=False would time melvoc again
     grad_peers = {k: train_step(f) for k, f in peers.items() if k not in ("librosa", "melvoc fast=False")}
-    rows.append(("forward+backward, batch 16 x 8192", best_ms(grad_peers, args.iters, args.rounds, sync)))
+    rows.append(("forward+backward, batch 16 x 8192", best_ms(grad_peers, args.iters, args.rounds, sync, clock)))
     if "librosa" in peers:
         for case, times in rows[:2]:
             audio = batch if "batch" in case else utterance
-            lib = best_ms({"librosa": lambda: peers["librosa"](audio)}, args.iters, args.rounds, sync)
+            lib = best_ms({"librosa": lambda: peers["librosa"](audio)}, args.iters, args.rounds, sync, clock)
             times["librosa"] = lib["librosa"]
 
     names = list(peers)
     allocator = "glibc keeps freed memory" if "trim_threshold" in os.environ.get("GLIBC_TUNABLES", "") else "default allocator"
     print(
         f"\ndevice={device} threads={args.threads} torch={torch.__version__} {allocator}"
-        f"  (ms per call, best of {args.rounds})"
+        f"  ({args.clock} ms per call, best of {args.rounds})"
     )
     header = "| case | " + " | ".join(f"{n} ms" for n in names) + " | original / melvoc |"
     print(header)

@@ -104,13 +104,11 @@ _projections_lock = threading.Lock()
 
 def _projection(basis: Tensor, band: slice, dtype: torch.dtype) -> _Projection:
     """The projection of ``basis`` in ``dtype``, kept while the tensor lives; rebuilt when it is written to."""
-    with _projections_lock:
-        per_dtype = _projections.setdefault(basis, {})
-        found = per_dtype.get(dtype)
+    found = _projections.get(basis, {}).get(dtype)  # a read needs no lock
     if found is None or found.version != _version(basis):
         found = _Projection(basis, band, dtype)
         with _projections_lock:
-            per_dtype[dtype] = found
+            _projections.setdefault(basis, {})[dtype] = found
     return found
 
 
