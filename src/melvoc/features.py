@@ -211,9 +211,10 @@ def _pad_for_stft(batch: Tensor, config: MelConfig) -> Tensor:
     return _reflect_pad(batch, config.n_fft // 2) if config.center else batch
 
 
-def _reflect_pad(batch: Tensor, pad: int, out: Optional[Tensor] = None) -> Tensor:
+def _reflect_pad(batch: Tensor, pad: int) -> Tensor:
     """``F.pad(..., mode="reflect")`` on ``(B, T)``; a flip-and-concatenate is ~4x faster on the CPU."""
-    return torch.cat([batch[:, 1 : pad + 1].flip(-1), batch, batch[:, -pad - 1 : -1].flip(-1)], dim=-1, out=out)
+    left, right = batch.narrow(-1, 1, pad).flip(-1), batch.narrow(-1, batch.shape[-1] - pad - 1, pad).flip(-1)
+    return torch.cat([left, batch, right], dim=-1)
 
 
 class _RfftMagnitude(torch.autograd.Function):
@@ -286,7 +287,7 @@ def _compute(audio: Tensor, config: MelConfig, window: Tensor, basis: Optional[T
     """Log-mel (``basis`` given) or magnitude of ``(T,)``, ``(B, T)`` or ``(B, 1, T)`` audio, unbatched like it."""
     with _autocast_off(audio.device.type):
         batch = _audio_batch(audio, config)
-        window = window.to(batch.dtype)
+        window = window if window.dtype == batch.dtype else window.to(batch.dtype)  # .to() costs ~3 us
         if batch.shape[0] == 0:  # MKL's FFT rejects an empty batch; "+ sum()" keeps the graph
             rows = config.n_freqs if basis is None else config.num_mels
             out = batch.new_zeros(0, rows, num_frames(batch.shape[-1], config)) + batch.sum()
@@ -345,7 +346,7 @@ def _audio_batch(audio: Tensor, config: MelConfig) -> Tensor:
             f"audio of {batch.shape[-1]} samples is too short for n_fft={config.n_fft}, "
             f"hop_size={config.hop_size}, pad_mode={config.pad_mode!r}: need at least {minimum} samples"
         )
-    return batch.to(_compute_dtype(batch.dtype))
+    return batch if batch.dtype in (torch.float32, torch.float64) else batch.to(_compute_dtype(batch.dtype))
 
 
 class _FeatureModule(nn.Module):

@@ -51,24 +51,24 @@ def log_mel(batch: Tensor, window: Tensor, basis: Tensor, config: MelConfig) -> 
     ``basis``: the filterbank ``(num_mels, n_freqs)`` in any dtype (its projection is derived once).
     """
     size, length = batch.shape
-    projection = _projection(basis, config.mel_bins, batch.dtype)
+    band = config.mel_bins
+    projection = _projection(basis, band, batch.dtype)
     plan = _plans.acquire(config, size, length, batch.dtype, projection)
     try:
         if plan.padded is None:  # zeros, none or center: pads allocated per call (not in the benchmark)
             source = features._pad_for_stft(batch, config)
         else:
-            source = features._reflect_pad(batch, config.pre_pad, out=plan.padded)
+            left, right = plan.edges  # the reflect pad as two gathers: ~10 us less than slices and flips
+            source = torch.cat([batch.index_select(1, left), batch, batch.index_select(1, right)], dim=-1, out=plan.padded)
         torch.mul(source.unfold(-1, config.n_fft, config.hop_size), window, out=plan.frames)
-        parts = torch.view_as_real(torch.fft.rfft(plan.frames, dim=-1)[..., config.mel_bins])
-        parts.mul_(parts)
-        torch.add(parts[..., 0], parts[..., 1], out=plan.magnitude.transpose(1, 2))
+        parts = torch.view_as_real(torch.fft.rfft(plan.frames, dim=-1)[..., band])
+        real, imag = parts.mul_(parts).unbind(-1)
+        torch.add(real, imag, out=plan.power)
         plan.magnitude.add_(config.eps).sqrt_()
-        indices, offsets, weights = plan.bags
-        table = plan.magnitude.view(-1, plan.magnitude.shape[-1])
-        mel = torch.embedding_bag(table, indices, offsets, False, 0, False, weights)[0]
+        mel = torch.embedding_bag(plan.table, *plan.bags[:2], False, 0, False, plan.bags[2])[0]
     finally:
         plan.lock.release()
-    mel = mel.view(size, -1, table.shape[-1]).clamp_min_(config.clip_val)
+    mel = mel.view(size, -1, plan.table.shape[-1]).clamp_min_(config.clip_val)
     return mel.log_() if config.log_base == "e" else mel.log10_()
 
 
@@ -129,8 +129,12 @@ class _Plan:
         with torch.inference_mode(False):
             reflect = config.pad_mode == "reflect" and config.pre_pad and not config.center
             self.padded = torch.empty(size, length + 2 * config.pre_pad, dtype=dtype) if reflect else None
+            pad = config.pre_pad
+            self.edges = (torch.arange(pad, 0, -1), torch.arange(length - 2, length - 2 - pad, -1)) if reflect else ()
             self.frames = torch.empty(size, count, config.n_fft, dtype=dtype)
             self.magnitude = torch.empty(size, bins, count, dtype=dtype)
+        self.power = self.magnitude.transpose(1, 2)  # (B, F, bins): the view re^2 + im^2 is written through
+        self.table = self.magnitude.view(size * bins, count)  # the rows the bags sum
 
     def use(self, projection: _Projection, size: int) -> None:
         if self.bags_of is not projection:
@@ -138,7 +142,7 @@ class _Plan:
 
     @property
     def nbytes(self) -> int:
-        tensors = [self.padded, self.frames, self.magnitude, *self.bags]
+        tensors = [self.padded, self.frames, self.magnitude, *self.edges, *self.bags]
         return sum(t.untyped_storage().nbytes() for t in tensors if t is not None)
 
 
