@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             power=1.0, center=False, norm="slaney", mel_scale="slaney",
         ).to(device)
         peers["torchaudio"] = ta
-    except ImportError:
+    except (ImportError, OSError):  # OSError: installed, but its compiled library does not load with this torch
         pass
 
     gen = torch.Generator().manual_seed(0)
