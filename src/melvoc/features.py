@@ -85,7 +85,7 @@ class MelConfig:
             ("fmin", self.fmin < self.f_max, f"must be below fmax={self.f_max:g} Hz"),
             ("eps", self.eps >= 0, "must be >= 0"),
             ("clip_val", self.clip_val > 0, "must be > 0"),
-            *((name, getattr(self, name) in allowed, f"must be one of {allowed}") for name, allowed in _CHOICES.items()),
+            *((name, getattr(self, name) in values, f"must be one of {values}") for name, values in _CHOICES.items()),
         )
         for name, valid, allowed in checks:
             if not valid:
