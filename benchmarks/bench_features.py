@@ -6,10 +6,12 @@ All contenders run in the same process, interleaved, on the same inputs; each ti
 ``--rounds`` rounds of ``--iters`` calls (robust against a busy machine). The last column is the median
 over rounds of the original's time divided by melvoc's, each pair timed back to back: > 1 means
 melvoc is faster. The page-fault line counts the minor page faults per call of each contender.
+``melvoc fast=False`` is melvoc's reference path (what autograd and GPUs run) on calls that would
+take the CPU fast path (``melvoc.features_fast``); the line under the table says what the fast path brings.
 
 Page faults matter on the CPU: glibc hands freed multi-MB blocks back to the kernel (heap trimming)
 and the next call faults them in again, 4 KiB at a time, which can cost more than the computation.
-melvoc reuses its buffers (``melvoc.features`` plans); the original allocates per call, and whether
+melvoc's fast path reuses its buffers (``melvoc.features_fast`` plans); the original allocates per call, and whether
 its blocks get trimmed depends on the heap's history, so its time moves between runs.
 ``--allocator keep`` reruns the script with glibc told never to trim or mmap (``GLIBC_TUNABLES``),
 so that no contender faults and the ratio compares computation alone.
@@ -65,7 +67,8 @@ def load_reference(path: str | None):
 
 
 def best_ms(
-    fns: dict[str, Callable[[], object]], iters: int, rounds: int, sync: Callable[[], None]
+    fns: dict[str, Callable[[], object]], iters: int, rounds: int, sync: Callable[[], None],
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, object]:
     """Best time (ms per call) of each contender, plus every round's times for paired ratios."""
     best = {name: float("inf") for name in fns}
@@ -77,11 +80,11 @@ def best_ms(
             fn()
             sync()
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            start = time.perf_counter()
+            start = clock()
             for _ in range(iters):
                 fn()
             sync()
-            this_round[name] = (time.perf_counter() - start) / iters * 1e3
+            this_round[name] = (clock() - start) / iters * 1e3
             faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
             best[name] = min(best[name], this_round[name])
         per_round.append(this_round)
@@ -102,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall",
+        help="cpu: this process's CPU time (all threads), steadier than wall time on a machine others share",
+    )
+    parser.add_argument(
         "--allocator", choices=("default", "keep"), default="default",
         help="keep: rerun with glibc never trimming or mmapping freed memory (no page faults for anyone)",
     )
@@ -113,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     legacy = load_reference(args.reference)
     melvoc_mel = MelSpectrogram(CONFIG).to(device)
+    melvoc_reference = MelSpectrogram(CONFIG, fast=False).to(device)
     c = CONFIG
 
     def original(audio: torch.Tensor) -> torch.Tensor:
@@ -128,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     # melvoc.compat keeps the original's range check (two host reads) on by default.
-    peers: dict[str, Callable[[torch.Tensor], object]] = {"melvoc": melvoc_mel, "melvoc.compat": drop_in}
+    peers: dict[str, Callable[[torch.Tensor], object]] = {
+        "melvoc": melvoc_mel, "melvoc fast=False": melvoc_reference, "melvoc.compat": drop_in
+    }
     if legacy is not None:
         peers["original"] = original
     try:
@@ -151,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             power=1.0, center=False, norm="slaney", mel_scale="slaney",
         ).to(device)
         peers["torchaudio"] = ta
-    except ImportError:
+    except (ImportError, OSError):  # OSError: installed, but its compiled library does not load with this torch
         pass
 
     gen = torch.Generator().manual_seed(0)
@@ -167,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with torch.no_grad():
         for case, audio in (("forward, batch 16 x 8192", batch), ("forward, one 10 s utterance", utterance)):
-            times = best_ms({k: (lambda f=f: f(audio)) for k, f in torch_peers.items()}, args.iters, args.rounds, sync)
+            times = best_ms({k: (lambda f=f: f(audio)) for k, f in torch_peers.items()}, args.iters, args.rounds, sync, clock)
             rows.append((case, times))
 
     def train_step(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
@@ -179,19 +190,20 @@ def main(argv: list[str] | None = None) -> int:
 
         return run
 
-    grad_peers = {k: train_step(f) for k, f in peers.items() if k != "librosa"}
-    rows.append(("forward+backward, batch 16 x 8192", best_ms(grad_peers, args.iters, args.rounds, sync)))
+    # with autograd every melvoc call takes the reference path: fast=False would time melvoc again
+    grad_peers = {k: train_step(f) for k, f in peers.items() if k not in ("librosa", "melvoc fast=False")}
+    rows.append(("forward+backward, batch 16 x 8192", best_ms(grad_peers, args.iters, args.rounds, sync, clock)))
     if "librosa" in peers:
         for case, times in rows[:2]:
             audio = batch if "batch" in case else utterance
-            lib = best_ms({"librosa": lambda: peers["librosa"](audio)}, args.iters, args.rounds, sync)
+            lib = best_ms({"librosa": lambda: peers["librosa"](audio)}, args.iters, args.rounds, sync, clock)
             times["librosa"] = lib["librosa"]
 
     names = list(peers)
     allocator = "glibc keeps freed memory" if "trim_threshold" in os.environ.get("GLIBC_TUNABLES", "") else "default allocator"
     print(
         f"\ndevice={device} threads={args.threads} torch={torch.__version__} {allocator}"
-        f"  (ms per call, best of {args.rounds})"
+        f"  ({args.clock} ms per call, best of {args.rounds})"
     )
     header = "| case | " + " | ".join(f"{n} ms" for n in names) + " | original / melvoc |"
     print(header)
@@ -200,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         cells = " | ".join(f"{times[n]:.3f}" if n in times else "-" for n in names)
         ratio = f"{paired_ratio(times, 'original', 'melvoc'):.2f}x" if "original" in times else "-"
         print(f"| {case} | {cells} | {ratio} |")
+    print("\nfast path: reference / fast, paired: " + "; ".join(
+        f"{case}: {paired_ratio(times, 'melvoc fast=False', 'melvoc'):.2f}x"
+        for case, times in rows if "melvoc fast=False" in times
+    ))
     print("\nminor page faults per call: " + "; ".join(
         f"{case}: " + ", ".join(f"{n} {times['_faults'][n]:.0f}" for n in names if n in times["_faults"])
         for case, times in rows

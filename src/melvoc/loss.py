@@ -35,7 +35,7 @@ _DAC_WINDOW_LENGTHS = (32, 64, 128, 256, 512, 1024, 2048)
 _DAC_NUM_MELS = (5, 10, 20, 40, 80, 160, 320)
 
 
-def _as_batch(audio: Tensor, what: str) -> Tensor:
+def _audio_2d(audio: Tensor, what: str) -> Tensor:
     """``(B, T)`` or ``(B, 1, T)`` -> ``(B, T)``."""
     if audio.dim() == 3 and audio.shape[1] == 1:
         return audio.squeeze(1)
@@ -44,7 +44,7 @@ def _as_batch(audio: Tensor, what: str) -> Tensor:
     raise ValueError(f"{what} of shape {tuple(audio.shape)}: expected (B, T) or (B, 1, T)")
 
 
-def _match_lengths(audio_hat: Tensor, audio: Tensor, tolerance: int) -> tuple[Tensor, Tensor]:
+def _crop_to_shorter(audio_hat: Tensor, audio: Tensor, tolerance: int) -> tuple[Tensor, Tensor]:
     """Crop both ``(B, T)`` signals to the shorter one when they differ by less than ``tolerance``."""
     if audio_hat.shape[0] != audio.shape[0]:
         raise ValueError(
@@ -63,7 +63,7 @@ def _match_lengths(audio_hat: Tensor, audio: Tensor, tolerance: int) -> tuple[Te
     return audio_hat[..., :length], audio[..., :length]
 
 
-def _reflect(index: Tensor, size: Tensor) -> Tensor:
+def _reflect_index(index: Tensor, size: Tensor) -> Tensor:
     """Map ``index`` into ``[0, size)`` as a one-bounce reflect pad does (no edge repeat)."""
     index = torch.where(index < 0, -index, index)
     return torch.where(index >= size, 2 * (size - 1) - index, index)
@@ -87,11 +87,11 @@ def pad_like_unpadded(audio: Tensor, lengths: Tensor, config: MelConfig) -> Tens
     length = lengths.to(device=audio.device, dtype=torch.long).clamp(1, total).unsqueeze(1)
     index = torch.arange(total + 2 * (pre + half), device=audio.device).unsqueeze(0)
     # torch.stft's centring pad reflects the pre-padded signal of length + 2 * pre samples.
-    index = _reflect(index - half, length + 2 * pre) if half else index.expand(batch, -1)
+    index = _reflect_index(index - half, length + 2 * pre) if half else index.expand(batch, -1)
     index = index - pre
     inside = (index >= 0) & (index < length)
     if config.pad_mode == "reflect":
-        index = _reflect(index, length)
+        index = _reflect_index(index, length)
     padded = audio.gather(1, index.clamp(0, total - 1))
     if config.pad_mode == "zeros":
         padded = padded * inside
@@ -185,9 +185,9 @@ class MelLoss(nn.Module):
 
         The mask is ``None`` without ``lengths``. The reference carries no gradient.
         """
-        audio_hat = _as_batch(audio_hat, "audio_hat")
-        audio = _as_batch(audio, "audio")
-        audio_hat, audio = _match_lengths(audio_hat, audio, self.config.hop_size)
+        audio_hat = _audio_2d(audio_hat, "audio_hat")
+        audio = _audio_2d(audio, "audio")
+        audio_hat, audio = _crop_to_shorter(audio_hat, audio, self.config.hop_size)
         with torch.autocast(audio.device.type, enabled=False):
             with torch.no_grad():
                 mel, mask = self.mels(audio, lengths)
@@ -320,9 +320,9 @@ class MultiScaleMelLoss(nn.Module):
 
     def forward(self, audio_hat: Tensor, audio: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
         """Sum over scales of the (masked) L1 between log10-mels. Returns a scalar."""
-        audio_hat = _as_batch(audio_hat, "audio_hat")
-        audio = _as_batch(audio, "audio")
-        audio_hat, audio = _match_lengths(audio_hat, audio, self.length_tolerance)
+        audio_hat = _audio_2d(audio_hat, "audio_hat")
+        audio = _audio_2d(audio, "audio")
+        audio_hat, audio = _crop_to_shorter(audio_hat, audio, self.length_tolerance)
         loss = audio_hat.new_zeros((), dtype=torch.promote_types(audio_hat.dtype, torch.float32))
         with torch.autocast(audio.device.type, enabled=False):
             for config, scale in zip(self.configs, self.scales):
