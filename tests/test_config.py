@@ -146,7 +146,8 @@ def test_callback_options_instantiate(compose_cfg, tmp_path, name):
 def test_default_callbacks(compose_cfg, tmp_path):
     cfg = compose_cfg(path_overrides(tmp_path))
     assert set(cfg.callbacks) == {
-        "model_checkpoint", "best_checkpoint", "mel_metric", "media", "progress_bar", "lr_monitor"
+        "model_checkpoint", "best_checkpoint", "mel_metric", "media", "quality", "progress_bar", "lr_monitor",
+        "init_from_checkpoint",
     }
     callbacks = {name: instantiate(node) for name, node in cfg.callbacks.items()}
     periodic, best = callbacks["model_checkpoint"], callbacks["best_checkpoint"]

@@ -38,6 +38,8 @@ MSD_TARGET = "melvoc.models.discriminators.MultiScaleDiscriminator"
 #: jik876's MPD / MSD layer widths (hard-coded in its models.py).
 MPD_CHANNELS = (32, 128, 512, 1024, 1024)
 MPD_PERIODS = (2, 3, 5, 7, 11)
+# The widths of jik876/hifi-gan's DiscriminatorS (its layers are fixed in models.py, not in config.json).
+MSD_CHANNELS = (128, 128, 256, 512, 1024, 1024, 1024)
 
 _GENERATOR_FIELDS = (
     "num_mels",
@@ -254,7 +256,7 @@ def _discriminators(do_file: Path) -> tuple[dict[str, dict[str, Any]], dict[str,
     checkpoint = load_torch_file(do_file, expected)
     nodes = {
         "mpd": {"_target_": MPD_TARGET, "periods": list(MPD_PERIODS), "channels": list(MPD_CHANNELS)},
-        "msd": {"_target_": MSD_TARGET, "scales": 3},
+        "msd": {"_target_": MSD_TARGET, "scales": 3, "channels": list(MSD_CHANNELS)},
     }
     states = {
         name: to_melvoc_state(state_dict_entry(checkpoint, name, do_file, expected), build_on_meta(node), do_file, name)
