@@ -38,7 +38,6 @@ MSD_TARGET = "melvoc.models.discriminators.MultiScaleDiscriminator"
 #: jik876's MPD / MSD layer widths (hard-coded in its models.py).
 MPD_CHANNELS = (32, 128, 512, 1024, 1024)
 MPD_PERIODS = (2, 3, 5, 7, 11)
-# The widths of jik876/hifi-gan's DiscriminatorS (its layers are fixed in models.py, not in config.json).
 MSD_CHANNELS = (128, 128, 256, 512, 1024, 1024, 1024)
 
 _GENERATOR_FIELDS = (
