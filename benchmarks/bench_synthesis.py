@@ -1,7 +1,7 @@
 """Real-time factor of melvoc's generators: PyTorch eager, torch.compile and ONNX Runtime, in one run.
 
     python benchmarks/bench_synthesis.py [--models ...] [--seconds 10] [--threads 2] [--rounds 3]
-                                         [--slow-rounds 1] [--markdown] [--json results.json]
+                                         [--slow-seconds 3] [--slow-rounds 2] [--markdown] [--json r.json]
     python benchmarks/bench_synthesis.py --smoke          # narrow widths, 0.2 s of audio (the test suite)
 
 One script for three questions: how fast every family runs on the CPU (issue 15), BigVGAN next to
@@ -25,15 +25,17 @@ Backends (interleaved round by round, on the same input, after ``--warmup`` call
 * ``stream-N``: :class:`melvoc.streaming.StreamingVocoder` in eager mode, ``--chunk-frames`` N frames per
   chunk (each chunk recomputes the receptive field's context, so it costs more than one whole call).
 
-BigVGAN at its published size runs several times slower than HiFi-GAN V1, so it is timed for
-``--slow-rounds`` rounds instead of ``--rounds`` (the output states it).
+BigVGAN at its published size runs about 5x slower than HiFi-GAN V1, so it gets ``--slow-seconds`` of
+audio per call and ``--slow-rounds`` rounds (the settings line states them); the defaults keep a full
+run of every model and backend under about 8 minutes on an idle 2-core machine. Its RTF hardly depends
+on the length once the input is many receptive fields long, so the ratios stay comparable.
 
 Output: the settings, one row per model and backend (median seconds per call, RTF = compute time / audio
 duration, xRT = its inverse, the "times real time" the HiFi-GAN and Vocos papers print, and the speed
 against eager), then one row per model: xRT of eager, compile and ONNX Runtime (its fastest level),
-ORT / eager (speed-up), and "vs HiFi-GAN V1 (eager)" = V1's eager RTF / the model's eager RTF (above 1
-is faster than V1). ``--markdown`` prints only that per-model table, ready for the README. On a shared
-machine the times are noisy: compare within one run.
+ORT / eager (speed-up), "vs HiFi-GAN V1" = V1's eager RTF / the model's eager RTF (above 1 is faster
+than V1; the Vocos aim is >= 10x) and the published anchor. ``--markdown`` prints only the settings and
+that per-model table, ready for the README. On a shared machine the times are noisy: compare within one run.
 """
 
 from __future__ import annotations
@@ -71,12 +73,24 @@ MODELS = {
     "bigvgan_v2_24k_100band": "bigvgan_24k",
     "vocos_mel_24k": "vocos_24k",
 }
-#: Models timed for --slow-rounds rounds.
+#: Models timed on --slow-seconds of audio for --slow-rounds rounds.
 SLOW = {"bigvgan_v2_24k_100band"}
 REFERENCE = "hifigan_v1"
 #: --smoke widths, applied to whichever of these keys a generator node has.
 SMOKE_WIDTH = {"upsample_initial_channel": 64, "dim": 32, "intermediate_dim": 64}
 LABELS = {"eager-dft": "ONNX-form ISTFT, eager"}
+#: The papers' numbers, for the README's "published anchor" column; other hardware and batch sizes.
+ANCHORS = {
+    "hifigan_v1": "1.43x CPU / 167.86x GPU [1]",
+    "hifigan_v2": "9.74x CPU / 764.80x GPU [1]",
+    "hifigan_v3": "13.44x CPU / 1186.80x GPU [1]",
+    "bigvgan_v2_24k_100band": "BigVGAN (14 M base): 0.40x CPU / 98.61x GPU [2]",
+    "vocos_mel_24k": "169.63x CPU / 6696.52x GPU (HiFi-GAN there: 5.84x / 495.54x) [2]",
+}
+FOOTNOTES = (
+    "[1] HiFi-GAN paper, Table 1: MacBook Pro CPU (Intel i7, 2.6 GHz) and an NVIDIA V100 GPU.\n"
+    "[2] Vocos paper, Table 5: AMD EPYC 7542 CPU and an NVIDIA A100 GPU, batch of 16 one-second clips."
+)
 
 
 @dataclass
@@ -192,11 +206,15 @@ def rounds_for(name: str, args: argparse.Namespace) -> int:
     return args.slow_rounds if name in SLOW else args.rounds
 
 
+def seconds_for(name: str, args: argparse.Namespace) -> float:
+    return args.slow_seconds if name in SLOW else args.seconds
+
+
 def bench_model(name: str, args: argparse.Namespace) -> list[Row]:
     generator, config = build(name, args.smoke)
     device = torch.device(args.device)
     generator = generator.to(device)
-    frames = max(1, round(args.seconds * config.sampling_rate / config.hop_size))
+    frames = max(1, round(seconds_for(name, args) * config.sampling_rate / config.hop_size))
     audio_seconds = frames * config.hop_size / config.sampling_rate
     torch.manual_seed(0)
     # Log-mels of a plausible range (silence floor log(1e-5) ~ -11.5 up to ~2).
@@ -219,13 +237,14 @@ def bench_model(name: str, args: argparse.Namespace) -> list[Row]:
 
 def settings(args: argparse.Namespace) -> str:
     slow = [m for m in args.models if m in SLOW]
-    rounds = f"median of {args.rounds} rounds" + (
-        f" ({', '.join(slow)}: {args.slow_rounds})" if slow and args.slow_rounds != args.rounds else ""
+    slow_note = (
+        f" ({', '.join(slow)}: {args.slow_seconds:g} s, median of {args.slow_rounds} rounds)" if slow else ""
     )
     return (
-        f"real-time factor on {args.device} ({platform.machine()}, {args.threads} threads, torch {torch.__version__}), "
-        f"batch 1, {args.seconds:g} s of audio per call, {args.warmup} warm-up call(s), {rounds}; "
-        f"load average {os.getloadavg()[0]:.1f}"
+        f"real-time factor on {args.device} ({platform.machine()}, threads {args.threads}, torch {torch.__version__}), "
+        f"{'SMOKE RUN (narrow widths, no compile), ' if args.smoke else ''}"
+        f"batch 1, {args.warmup} warm-up call(s), {args.seconds:g} s of audio per call, median of {args.rounds} "
+        f"rounds{slow_note}; load average {os.getloadavg()[0]:.1f}"
     )
 
 
@@ -259,13 +278,14 @@ def summary_table(rows: list[Row]) -> str:
     reference = by_model.get(REFERENCE, {}).get("eager")
     reference_rtf = reference.rtf if reference is not None and reference.times else math.nan
     lines = [
-        "| model | params (M) | eager (xRT) | compile (xRT) | ONNX Runtime (xRT) | ORT / eager | vs HiFi-GAN V1 (eager) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | params | x real time eager | torch.compile | ONNX Runtime | ORT/eager | vs HiFi-GAN V1 "
+        "| published anchor |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for model, found in by_model.items():
         failed = found.get("-")
         if failed is not None:
-            lines.append(f"| {model} | | {failed.error} | | | | |")
+            lines.append(f"| `{model}` | | {failed.error} | | | | | |")
             continue
         eager = found.get("eager")
         params = next(iter(found.values())).params_m
@@ -274,19 +294,21 @@ def summary_table(rows: list[Row]) -> str:
         compiled = found.get("compile")
         compile_cell = "failed" if compiled is not None and compiled.error else _x(compiled.x_realtime) if compiled else "-"
         ort_cell = _x(best_ort.x_realtime) if best_ort else ("failed" if "onnxruntime" in found else "-")
-        ort_ratio = f"{eager.median / best_ort.median:.2f}" if best_ort and eager.times else ""
-        params = f"{params:.1f}" if params >= 1 else f"{params:.2f}"
+        ort_ratio = f"{eager.median / best_ort.median:.2f}x" if best_ort and eager.times else ""
+        params = f"{params:.1f} M" if params >= 1 else f"{params:.2f} M"
         lines.append(
-            f"| {model} | {params} | {_x(eager.x_realtime)} | {compile_cell} | {ort_cell} | {ort_ratio} | "
-            f"{reference_rtf / eager.rtf:.2f}x |"
+            f"| `{model}` | {params} | {_x(eager.x_realtime)} | {compile_cell} | {ort_cell} | {ort_ratio} | "
+            f"{reference_rtf / eager.rtf:.2f}x | {ANCHORS.get(model, '')} |"
         )
         for backend, label in LABELS.items():
             variant = found.get(backend)
             if variant is not None and variant.times:
                 lines.append(
-                    f"| {model} ({label}) | {params} | {_x(variant.x_realtime)} | | | | "
-                    f"{reference_rtf / variant.rtf:.2f}x |"
+                    f"| `{model}` ({label}) | {params} | {_x(variant.x_realtime)} | | | | "
+                    f"{reference_rtf / variant.rtf:.2f}x | |"
                 )
+    lines += ["", "ONNX Runtime: its fastest graph optimisation level in the run.", FOOTNOTES]
+    lines += [f"{r.model} {r.backend} failed: {r.error}" for r in rows if r.error and r.backend != "-"]
     return "\n".join(lines)
 
 
@@ -302,7 +324,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="audio per call (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (default: %(default)s)")
-    parser.add_argument("--slow-rounds", type=int, default=1,
+    parser.add_argument("--slow-seconds", type=float, default=3.0,
+                        help=f"audio per call of {', '.join(sorted(SLOW))} (default: %(default)s)")
+    parser.add_argument("--slow-rounds", type=int, default=2,
                         help=f"timed rounds of {', '.join(sorted(SLOW))} (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (ONNX Runtime runs on the CPU)")
@@ -312,7 +336,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.seconds, args.rounds, args.slow_rounds, args.warmup = 0.2, 1, 1, 1
+        args.seconds, args.slow_seconds, args.rounds, args.slow_rounds, args.warmup = 0.2, 0.2, 1, 1, 1
     if REFERENCE not in args.models:
         print(f"note: {REFERENCE} is not among --models, so the 'vs HiFi-GAN V1' column is empty", file=sys.stderr)
     torch.set_num_threads(args.threads)
@@ -323,7 +347,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             rows.extend(bench_model(name, args))
         except Exception as exc:
             traceback.print_exc()
-            rows.append(Row(name, "-", math.nan, args.seconds, error=f"failed: {_error(exc)}"))
+            rows.append(Row(name, "-", math.nan, seconds_for(name, args), error=f"failed: {_error(exc)}"))
         print(f"done: {name} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
     print(settings(args))
     print()
