@@ -252,6 +252,17 @@ def _x(value: float) -> str:
     return "" if math.isnan(value) else f"{value:.1f}"
 
 
+def _ratio(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.2f}x"
+
+
+def _cell(row: Optional[Row]) -> str:
+    """x real time of a backend's row; ``-`` where it was not run, ``failed`` where it could not be prepared."""
+    if row is None:
+        return "-"
+    return "failed" if row.error else _x(row.x_realtime)
+
+
 def detail_table(rows: list[Row]) -> str:
     eager = {r.model: r.median for r in rows if r.backend == "eager" and r.times}
     lines = [
@@ -291,21 +302,19 @@ def summary_table(rows: list[Row]) -> str:
         params = next(iter(found.values())).params_m
         ort = [r for b, r in found.items() if b.startswith("onnxruntime") and r.times]
         best_ort = min(ort, key=lambda r: r.median) if ort else None
-        compiled = found.get("compile")
-        compile_cell = "failed" if compiled is not None and compiled.error else _x(compiled.x_realtime) if compiled else "-"
-        ort_cell = _x(best_ort.x_realtime) if best_ort else ("failed" if "onnxruntime" in found else "-")
-        ort_ratio = f"{eager.median / best_ort.median:.2f}x" if best_ort and eager.times else ""
+        ort_ratio = _ratio(eager.median / best_ort.median) if best_ort else ""
         params = f"{params:.1f} M" if params >= 1 else f"{params:.2f} M"
         lines.append(
-            f"| `{model}` | {params} | {_x(eager.x_realtime)} | {compile_cell} | {ort_cell} | {ort_ratio} | "
-            f"{reference_rtf / eager.rtf:.2f}x | {ANCHORS.get(model, '')} |"
+            f"| `{model}` | {params} | {_cell(eager)} | {_cell(found.get('compile'))} | "
+            f"{_cell(best_ort or found.get('onnxruntime'))} | {ort_ratio} | {_ratio(reference_rtf / eager.rtf)} | "
+            f"{ANCHORS.get(model, '')} |"
         )
         for backend, label in LABELS.items():
             variant = found.get(backend)
             if variant is not None and variant.times:
                 lines.append(
-                    f"| `{model}` ({label}) | {params} | {_x(variant.x_realtime)} | | | | "
-                    f"{reference_rtf / variant.rtf:.2f}x | |"
+                    f"| `{model}` ({label}) | {params} | {_cell(variant)} | | | | "
+                    f"{_ratio(reference_rtf / variant.rtf)} | |"
                 )
     lines += ["", "ONNX Runtime: its fastest graph optimisation level in the run.", FOOTNOTES]
     lines += [f"{r.model} {r.backend} failed: {r.error}" for r in rows if r.error and r.backend != "-"]
