@@ -1,4 +1,4 @@
-"""melvoc: exact, fast log-mel features and a Lightning + Hydra HiFi-GAN vocoder training pipeline.
+"""melvoc: exact, fast log-mel features and a Lightning + Hydra vocoder training pipeline (HiFi-GAN, BigVGAN, Vocos).
 
 The features (``melvoc.features``) import only torch and librosa; the training pieces
 (``melvoc.data``, ``melvoc.loss``, ``melvoc.callbacks``, ``melvoc.models``, ``melvoc.training``)
@@ -13,6 +13,7 @@ __all__ = [
     "MelConfig",
     "MelSpectrogram",
     "Spectrogram",
+    "StreamingVocoder",
     "__version__",
     "load_generator",
     "mel_spectrogram",
@@ -27,4 +28,8 @@ def __getattr__(name: str):
         from melvoc.inference import load_generator
 
         return load_generator
+    if name == "StreamingVocoder":
+        from melvoc.streaming import StreamingVocoder
+
+        return StreamingVocoder
     raise AttributeError(f"module 'melvoc' has no attribute {name!r}")
