@@ -39,6 +39,7 @@ from melvoc.peers.hifigan import (
     read_json_config,
     require_fields,
     state_dict_entry,
+    step_checkpoint,
     step_files,
     to_melvoc_state,
 )
@@ -233,20 +234,15 @@ def read(path: Path) -> PeerCheckpoint:
     generator_file, do_file = _files(path)
     node = _generator_node(config)
     g_expected = f"a BigVGAN {GENERATOR_FILE} / g_XXXXXXXX file ({{'generator': state_dict}})"
-    source = state_dict_entry(load_torch_file(generator_file, g_expected), "generator", generator_file, g_expected)
-    state = to_melvoc_state(_rename(source, node, generator_file), build_on_meta(node), generator_file, "generator")
-    metadata: dict[str, Any] = {"config": config, "generator_file": str(generator_file), "discriminator_file": None}
-    discriminators = discriminator_states = None
-    if do_file is not None:
-        discriminators, discriminator_states, step_meta = _discriminators(do_file, config, config_path)
-        metadata.update(step_meta, discriminator_file=str(do_file))
-    return PeerCheckpoint(
-        path=path,
-        family="bigvgan",
-        features=features,
-        generator=node,
-        generator_state=state,
-        discriminators=discriminators,
-        discriminator_states=discriminator_states,
-        metadata=metadata,
+    return step_checkpoint(
+        path,
+        "bigvgan",
+        config,
+        features,
+        node,
+        generator_file,
+        do_file,
+        g_expected,
+        lambda do: _discriminators(do, config, config_path),
+        rename=lambda source: _rename(source, node, generator_file),
     )
