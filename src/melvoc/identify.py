@@ -46,7 +46,15 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from melvoc.features import MelConfig, mel_filterbank, mel_spectrogram, num_frames, spec_to_mel, spectrogram
+from melvoc.features import (
+    MelConfig,
+    mel_filterbank,
+    mel_spectrogram,
+    num_frames,
+    read_mel_file,
+    spec_to_mel,
+    spectrogram,
+)
 
 __all__ = [
     "Candidate",
@@ -878,14 +886,9 @@ def fit_config(
 def _read_mel(path: Path) -> np.ndarray:
     """A mel file, ``.npy`` or else ``torch.save``d, as float64 ``(num_mels, frames)``."""
     try:
-        if path.suffix.lower() == ".npy":
-            mel: Any = np.load(path)
-        else:
-            mel = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UsageError(f"{path}: cannot read the mel ({type(error).__name__}: {error})") from error
-    if not isinstance(mel, (np.ndarray, torch.Tensor)):
-        raise UsageError(f"{path}: holds a {type(mel).__name__}, not a tensor of shape (num_mels, frames)")
+        mel = read_mel_file(path)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
     return _as_2d(mel, str(path))
 
 
