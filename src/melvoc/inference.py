@@ -45,6 +45,7 @@ __all__ = [
     "CheckpointError",
     "GeneratorCheckpoint",
     "build_generator",
+    "parse_device",
     "export_state",
     "load_generator",
     "read_checkpoint",
@@ -99,6 +100,24 @@ class GeneratorCheckpoint:
     discriminator_state: Optional[dict[str, Tensor]] = None
     hyper_parameters: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_device(device: Union[str, torch.device]) -> torch.device:
+    """The one ``--device`` parser of the command line tools: ``"auto"`` -> CUDA when available, else
+    CPU; otherwise ``torch.device(device)``, which must exist here.
+
+    Raises:
+        ValueError: not a device, or CUDA asked for where there is none (the message says what to use).
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {device!r}: not a device ({exc}); use auto, cpu, cuda or cuda:N") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
+    return resolved
 
 
 def _torch_load(path: Path) -> Any:

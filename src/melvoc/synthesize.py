@@ -45,9 +45,9 @@ from tqdm.auto import tqdm
 
 from melvoc.data.dataset import read_mel_tensor, silence_log_mel
 from melvoc.data.io import AUDIO_EXTENSIONS, AudioDataError, AudioInfo, audio_info, read_audio, resampled_length
-from melvoc.features import MelConfig, MelSpectrogram, min_audio_length
+from melvoc.features import MelConfig, MelSpectrogram, min_audio_length, read_mel_file
 from melvoc.identify import MelMismatchError, check_mel_files
-from melvoc.inference import CheckpointError, load_generator
+from melvoc.inference import CheckpointError, load_generator, parse_device
 from melvoc.streaming import StreamingVocoder
 
 __all__ = [
@@ -134,17 +134,9 @@ def _listing(head: str, items: Sequence[str], fix: str) -> str:
 def _mel_shape(path: Path) -> tuple[int, ...]:
     """The stored shape of a mel file, read without loading the data where the format allows."""
     try:
-        if path.suffix.lower() == ".npy":
-            return tuple(np.load(path, mmap_mode="r").shape)
-        try:
-            mel = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # files from before torch's zip format cannot be memory-mapped
-            mel = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise AudioDataError(f"{path}: cannot read the mel ({type(exc).__name__}: {exc})", path) from exc
-    if not isinstance(mel, Tensor):
-        raise AudioDataError(f"{path}: holds a {type(mel).__name__}, not a tensor of shape (num_mels, frames)", path)
-    return tuple(mel.shape)
+        return tuple(read_mel_file(path, mmap=True).shape)
+    except ValueError as exc:
+        raise AudioDataError(str(exc), path) from exc
 
 
 def _check_mel_shape(path: Path, shape: tuple[int, ...], num_mels: int) -> int:
@@ -257,15 +249,10 @@ def collect_inputs(
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(device)`` (checked)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise SynthesisError(f"--device {device!r}: not a device ({exc}); use auto, cpu, cuda or cuda:N") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise SynthesisError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
-    return resolved
+        return parse_device(device)
+    except ValueError as exc:
+        raise SynthesisError(str(exc)) from exc
 
 
 def _batches(items: list[SynthesisInput], batch_size: int) -> Iterator[list[SynthesisInput]]:
