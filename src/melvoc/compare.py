@@ -579,7 +579,7 @@ def format_table(results: dict[str, FunctionResult]) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _compare_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m melvoc.compare",
         description="Check which MelConfig reproduces the functions of your mel_processing.py.",
@@ -602,7 +602,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m melvoc.compare``; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = _compare_parser().parse_args(argv)
     try:
         if args.repeat < 0:
             raise UsageError("--repeat must be >= 0")

@@ -1019,7 +1019,7 @@ def _identify_without_audio(stats: MelStatistics, presets: Mapping[str, MelConfi
 # --------------------------------------------------------------------------------------------------
 
 
-def _log(value: float, base: str) -> float:
+def _log_value(value: float, base: str) -> float:
     return math.log(value) if base == "e" else math.log10(value)
 
 
@@ -1028,9 +1028,9 @@ def _expected_range(config: MelConfig) -> tuple[np.ndarray, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sums = mel_filterbank(config).double().sum(dim=1).numpy()
-    silence = np.array([_log(max(config.clip_val, math.sqrt(config.eps) * s), config.log_base) for s in sums])
+    silence = np.array([_log_value(max(config.clip_val, math.sqrt(config.eps) * s), config.log_base) for s in sums])
     window_sum = float(torch.hann_window(config.win_size, dtype=torch.float64).sum())
-    peak = _log(max(config.clip_val, float(sums.max()) * math.sqrt(window_sum**2 + config.eps)), config.log_base)
+    peak = _log_value(max(config.clip_val, float(sums.max()) * math.sqrt(window_sum**2 + config.eps)), config.log_base)
     return silence, peak
 
 
@@ -1041,7 +1041,7 @@ def _floor_text(value: float) -> str:
 
 def _config_floor_text(config: MelConfig, silence: np.ndarray) -> str:
     function = "ln" if config.log_base == "e" else "log10"
-    floor = _log(config.clip_val, config.log_base)
+    floor = _log_value(config.clip_val, config.log_base)
     if np.allclose(silence, floor):
         return f"{function}({_short(config.clip_val)}) = {floor:.2f}"
     return (f"{silence.min():.2f}..{silence.max():.2f} per band ({function} of sqrt(eps={_short(config.eps)}) "
@@ -1152,7 +1152,7 @@ def format_report(result: Identification, mel_count: int, audio_note: str) -> st
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _identify_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m melvoc.identify",
         description="Find the MelConfig (and the closest preset) that made these mel files.",
@@ -1182,7 +1182,7 @@ def _finite(value: Any) -> Any:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``python -m melvoc.identify``; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = _identify_parser().parse_args(argv)
     # The search is thousands of small matrix products: extra threads only contend for the cores.
     torch.set_num_threads(1)
     try:

@@ -166,7 +166,7 @@ def _features(value: Any, path: Path, where: str) -> MelConfig:
         raise CheckpointError(f"{path}: invalid feature config in {where}: {exc}") from exc
 
 
-def _generator_node(value: Any, features: MelConfig, path: Path, where: str) -> dict[str, Any]:
+def _checked_generator_node(value: Any, features: MelConfig, path: Path, where: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise CheckpointError(f"{path}: {where} is {type(value).__name__}, expected the generator's node")
     node = {"_target_": LEGACY_GENERATOR_TARGET, **value}
@@ -226,7 +226,7 @@ def read_checkpoint(path: str | os.PathLike) -> GeneratorCheckpoint:
             path=path,
             kind="export",
             features=features,
-            generator=_generator_node(data["generator"], features, path, "'generator'"),
+            generator=_checked_generator_node(data["generator"], features, path, "'generator'"),
             generator_state=dict(data["state_dict"]),
             weight_norm=bool(data.get("weight_norm", False)),
             metadata=dict(data.get("source") or {}),
@@ -251,7 +251,7 @@ def read_checkpoint(path: str | os.PathLike) -> GeneratorCheckpoint:
             path=path,
             kind="lightning",
             features=features,
-            generator=_generator_node(hparams["generator"], features, path, "hyper_parameters['generator']"),
+            generator=_checked_generator_node(hparams["generator"], features, path, "hyper_parameters['generator']"),
             generator_state=generator_state,
             weight_norm=any(k.endswith(_WEIGHT_NORM_SUFFIXES) for k in generator_state),
             discriminator_state=discriminator_state or None,

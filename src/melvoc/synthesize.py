@@ -44,7 +44,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from melvoc.data.dataset import read_mel_tensor, silence_log_mel
-from melvoc.data.io import AUDIO_EXTENSIONS, AudioDataError, AudioInfo, audio_info, read_audio, resampled_length
+from melvoc.data.io import (
+    AUDIO_EXTENSIONS,
+    AudioDataError,
+    AudioInfo,
+    audio_info,
+    problem_listing,
+    read_audio,
+    resampled_length,
+)
 from melvoc.features import MelConfig, MelSpectrogram, min_audio_length, read_mel_file
 from melvoc.identify import MelMismatchError, check_mel_files
 from melvoc.inference import CheckpointError, load_generator, parse_device
@@ -123,12 +131,6 @@ def _expand(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
         else:
             problems.append(f"{path}: file not found")
     return files, problems
-
-
-def _listing(head: str, items: Sequence[str], fix: str) -> str:
-    shown = "\n  ".join(items[:_MAX_LISTED])
-    more = f"\n  ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
-    return f"{head}:\n  {shown}{more}\n{fix}"
 
 
 def _mel_shape(path: Path) -> tuple[int, ...]:
@@ -224,8 +226,8 @@ def collect_inputs(
             problems.append(str(exc))
     if problems:
         raise SynthesisError(
-            _listing(f"{len(problems)} input(s) cannot be synthesized", problems,
-                     "fix them or leave them out; nothing was written")
+            problem_listing(f"{len(problems)} input(s) cannot be synthesized", problems,
+                    "fix them or leave them out; nothing was written", _MAX_LISTED)
         )
 
     by_output: dict[Path, list[Path]] = {}
@@ -236,8 +238,8 @@ def collect_inputs(
     clashes = [f"{out}: {', '.join(map(str, srcs))}" for out, srcs in by_output.items() if len(srcs) > 1]
     if clashes:
         raise SynthesisError(
-            _listing(f"{len(clashes)} output file(s) would be written by several inputs", clashes,
-                     "inputs with the same stem need separate runs (or --output-dir per folder)")
+            problem_listing(f"{len(clashes)} output file(s) would be written by several inputs", clashes,
+                    "inputs with the same stem need separate runs (or --output-dir per folder)", _MAX_LISTED)
         )
     return items
 
@@ -378,7 +380,7 @@ def synthesize(
 # --------------------------------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
+def _synthesize_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m melvoc.synthesize",
         description=(
@@ -424,7 +426,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _synthesize_parser().parse_args(argv)
     if args.chunk_frames is not None and not args.quiet:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -18,6 +18,7 @@ from melvoc.data.io import (
     AudioInfo,
     audio_info,
     check_rate,
+    problem_listing,
     read_audio,
     read_crop,
     resampled_length,
@@ -169,11 +170,13 @@ class AudioDataset(Dataset):
             mel_paths.append(mel_path)
         if problems:
             if self.on_error == "raise":
-                shown = "\n  ".join(problems[:10])
-                more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
                 raise AudioDataError(
-                    f"{self.split} data: {len(problems)} of {len(entries)} files unusable:\n  {shown}{more}\n"
-                    "Fix or remove them, or set data.on_error=skip to leave them out"
+                    problem_listing(
+                        f"{self.split} data: {len(problems)} of {len(entries)} files unusable",
+                        problems,
+                        "Fix or remove them, or set data.on_error=skip to leave them out",
+                        10,
+                    )
                 )
             self.skipped.extend(problems)
             log.warning(

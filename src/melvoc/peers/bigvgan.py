@@ -206,7 +206,7 @@ def _discriminator_nodes(config: Mapping[str, Any], path: Path) -> dict[str, dic
     return nodes
 
 
-def _discriminators(
+def _bigvgan_discriminators(
     do_file: Path, config: Mapping[str, Any], config_path: Path
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Tensor]], dict[str, Any]]:
     expected = (
@@ -243,6 +243,6 @@ def read(path: Path) -> PeerCheckpoint:
         generator_file,
         do_file,
         g_expected,
-        lambda do: _discriminators(do, config, config_path),
+        lambda do: _bigvgan_discriminators(do, config, config_path),
         rename=lambda source: _rename(source, node, generator_file),
     )
