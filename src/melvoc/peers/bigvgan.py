@@ -29,6 +29,7 @@ from melvoc.models.activations import AntiAliasedActivation
 from melvoc.models.cqt_discriminator import ConstantQTransform, SincResample
 from melvoc.peers import PeerCheckpoint, PeerCheckpointError
 from melvoc.peers.hifigan import (
+    GENERATOR_FIELDS,
     MPD_CHANNELS,
     MPD_TARGET,
     build_on_meta,
@@ -54,17 +55,7 @@ CQTD_TARGET = "melvoc.models.cqt_discriminator.MultiScaleSubbandCQTDiscriminator
 GENERATOR_FILE = "bigvgan_generator.pt"
 DISCRIMINATOR_FILE = "bigvgan_discriminator_optimizer.pt"
 
-_GENERATOR_FIELDS = (
-    "num_mels",
-    "upsample_rates",
-    "upsample_kernel_sizes",
-    "upsample_initial_channel",
-    "resblock",
-    "resblock_kernel_sizes",
-    "resblock_dilation_sizes",
-    "activation",
-    "snake_logscale",
-)
+_GENERATOR_FIELDS = (*GENERATOR_FIELDS, "activation", "snake_logscale")
 # BigVGAN's code defaults for configs that predate the fields (v1: tanh and a bias at the end).
 _GENERATOR_DEFAULTS = {"use_tanh_at_final": True, "use_bias_at_final": True}
 _CONFIG = "a BigVGAN config.json (NVIDIA/BigVGAN configs/ layout)"

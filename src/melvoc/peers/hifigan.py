@@ -40,7 +40,8 @@ MPD_CHANNELS = (32, 128, 512, 1024, 1024)
 MPD_PERIODS = (2, 3, 5, 7, 11)
 MSD_CHANNELS = (128, 128, 256, 512, 1024, 1024, 1024)
 
-_GENERATOR_FIELDS = (
+#: The config.json fields of a HiFi-GAN generator (BigVGAN's are these and its activation fields).
+GENERATOR_FIELDS = (
     "num_mels",
     "upsample_rates",
     "upsample_kernel_sizes",
@@ -310,10 +311,10 @@ def read(path: Path) -> PeerCheckpoint:
     config_path = config_beside(path)
     expected = "a jik876/hifi-gan config.json (config_v1.json layout)"
     config = read_json_config(config_path, "a HiFi-GAN checkpoint")
-    require_fields(config, _GENERATOR_FIELDS, config_path, expected)
+    require_fields(config, GENERATOR_FIELDS, config_path, expected)
     features = lineage_mel_config(config, config_path)
     generator_file, do_file = step_files(path, "HiFi-GAN")
-    node = {"_target_": GENERATOR_TARGET, **{k: config[k] for k in _GENERATOR_FIELDS}}
+    node = {"_target_": GENERATOR_TARGET, **{k: config[k] for k in GENERATOR_FIELDS}}
     node["resblock"] = str(node["resblock"])
     g_expected = "a jik876/hifi-gan g_XXXXXXXX file ({'generator': state_dict})"
     return step_checkpoint(
