@@ -68,6 +68,7 @@ from torch import Tensor
 from melvoc import compat
 from melvoc.features import MelConfig, mel_spectrogram, min_audio_length, spec_to_mel, spectrogram
 from melvoc.identify import EPS_GRID, PADDINGS, UsageError, _nice, fit_config, load_presets, override_line, read_preset
+from melvoc.inference import parse_device
 
 __all__ = ["FunctionResult", "bind", "load_legacy", "main", "make_audio", "run_comparison"]
 
@@ -578,7 +579,7 @@ def format_table(results: dict[str, FunctionResult]) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _compare_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m melvoc.compare",
         description="Check which MelConfig reproduces the functions of your mel_processing.py.",
@@ -591,7 +592,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the verdicts as JSON")
     parser.add_argument("--no-fit", dest="fit", action="store_false",
                         help="do not search for the MelConfig of functions that differ from the preset")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--repeat", type=int, default=0,
                         help="timing measurements of matching functions, best kept (default 0: no timing)")
     parser.add_argument("--conf-dir", default=None, help="folder of preset YAML files (default: conf/features)")
@@ -601,16 +602,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m melvoc.compare``; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = _compare_parser().parse_args(argv)
     try:
         if args.repeat < 0:
             raise UsageError("--repeat must be >= 0")
         try:
-            device = torch.device(args.device)
-        except RuntimeError as error:
-            raise UsageError(f"--device {args.device}: {error}") from error
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError(f"--device {args.device}: CUDA is not available here (use --device cpu)")
+            device = parse_device(args.device)
+        except ValueError as error:
+            raise UsageError(str(error)) from error
         load_legacy(args.reference)
         table = load_presets(args.conf_dir)
         chosen = []

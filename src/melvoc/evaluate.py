@@ -34,7 +34,7 @@ import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from melvoc.data.io import AudioDataError, AudioInfo, audio_info, read_audio
+from melvoc.data.io import AudioDataError, AudioInfo, audio_info, problem_listing, read_audio
 from melvoc.data.sources import read_source
 from melvoc.metrics import (
     CREPE_MODELS,
@@ -88,12 +88,6 @@ class SetResult:
 class _Reference:
     name: str
     info: AudioInfo
-
-
-def _listing(head: str, items: Sequence[str], fix: str) -> str:
-    shown = "\n  ".join(items[:_MAX_LISTED])
-    more = f"\n  ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
-    return f"{head}:\n  {shown}{more}\n{fix}"
 
 
 def _scan(folder: Path, problems: list[str]) -> dict[str, Path]:
@@ -229,8 +223,8 @@ def evaluate(
     infos = _check_predictions(refs, stems, sets, resample, problems)
     if problems or not refs:
         raise EvaluationError(
-            _listing(f"{len(problems)} problem(s) with the inputs", problems or ["no reference audio"],
-                     "fix or remove these files; nothing was scored")
+            problem_listing(f"{len(problems)} problem(s) with the inputs", problems or ["no reference audio"],
+                    "fix or remove these files; nothing was scored", _MAX_LISTED)
         )
 
     with tempfile.TemporaryDirectory(prefix="melvoc-evaluate-") as scratch:
@@ -298,15 +292,15 @@ def _score_all(refs: list[_Reference], sets: list[SetResult], infos: dict[tuple[
             bar.update(1)
     if trimmed:
         warnings.warn(
-            _listing(f"{len(trimmed)} prediction(s) differ from their reference by more than one hop "
-                     f"({hop_size} samples); trimmed to the shorter", trimmed,
-                     "check that they were made from these references at this rate"),
+            problem_listing(f"{len(trimmed)} prediction(s) differ from their reference by more than one hop "
+                    f"({hop_size} samples); trimmed to the shorter", trimmed,
+                    "check that they were made from these references at this rate", _MAX_LISTED),
             UserWarning, stacklevel=3,
         )
     if failures:
         warnings.warn(
-            _listing(f"{len(failures)} score(s) could not be computed (NaN, left out of the means)", failures,
-                     "e.g. PESQ is undefined for silent audio"),
+            problem_listing(f"{len(failures)} score(s) could not be computed (NaN, left out of the means)", failures,
+                    "e.g. PESQ is undefined for silent audio", _MAX_LISTED),
             UserWarning, stacklevel=3,
         )
 
@@ -316,7 +310,7 @@ def _score_all(refs: list[_Reference], sets: list[SetResult], infos: dict[tuple[
 # --------------------------------------------------------------------------------------------------
 
 
-def _finite(value: object) -> object:
+def _nan_to_none(value: object) -> object:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
@@ -324,8 +318,8 @@ def to_json(sets: Sequence[SetResult], metrics: Sequence[str]) -> dict[str, obje
     """One set: ``{"metrics": {name: {"mean", "ci95", "n"}}, "files": [{"name", name: value}]}``;
     several: that object per set, keyed by set name. NaN is written as ``null``."""
     def one(result: SetResult) -> dict[str, object]:
-        summary = {m: {k: _finite(v) for k, v in s.items()} for m, s in result.summary(metrics).items()}
-        files = [{k: _finite(v) for k, v in row.items()} for row in result.files]
+        summary = {m: {k: _nan_to_none(v) for k, v in s.items()} for m, s in result.summary(metrics).items()}
+        files = [{k: _nan_to_none(v) for k, v in row.items()} for row in result.files]
         return {"metrics": summary, "files": files}
 
     if len(sets) == 1:
@@ -456,7 +450,7 @@ def write_report(path: str | os.PathLike, reference: str | os.PathLike, sets: Se
 # --------------------------------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
+def _evaluate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m melvoc.evaluate",
         description=(
@@ -498,7 +492,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _evaluate_parser().parse_args(argv)
     try:
         metrics = parse_metrics(args.metrics)
         sets = evaluate(

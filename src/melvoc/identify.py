@@ -46,7 +46,15 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from melvoc.features import MelConfig, mel_filterbank, mel_spectrogram, num_frames, spec_to_mel, spectrogram
+from melvoc.features import (
+    MelConfig,
+    mel_filterbank,
+    mel_spectrogram,
+    num_frames,
+    read_mel_file,
+    spec_to_mel,
+    spectrogram,
+)
 
 __all__ = [
     "Candidate",
@@ -878,14 +886,9 @@ def fit_config(
 def _read_mel(path: Path) -> np.ndarray:
     """A mel file, ``.npy`` or else ``torch.save``d, as float64 ``(num_mels, frames)``."""
     try:
-        if path.suffix.lower() == ".npy":
-            mel: Any = np.load(path)
-        else:
-            mel = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UsageError(f"{path}: cannot read the mel ({type(error).__name__}: {error})") from error
-    if not isinstance(mel, (np.ndarray, torch.Tensor)):
-        raise UsageError(f"{path}: holds a {type(mel).__name__}, not a tensor of shape (num_mels, frames)")
+        mel = read_mel_file(path)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
     return _as_2d(mel, str(path))
 
 
@@ -1016,7 +1019,7 @@ def _identify_without_audio(stats: MelStatistics, presets: Mapping[str, MelConfi
 # --------------------------------------------------------------------------------------------------
 
 
-def _log(value: float, base: str) -> float:
+def _log_value(value: float, base: str) -> float:
     return math.log(value) if base == "e" else math.log10(value)
 
 
@@ -1025,9 +1028,9 @@ def _expected_range(config: MelConfig) -> tuple[np.ndarray, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sums = mel_filterbank(config).double().sum(dim=1).numpy()
-    silence = np.array([_log(max(config.clip_val, math.sqrt(config.eps) * s), config.log_base) for s in sums])
+    silence = np.array([_log_value(max(config.clip_val, math.sqrt(config.eps) * s), config.log_base) for s in sums])
     window_sum = float(torch.hann_window(config.win_size, dtype=torch.float64).sum())
-    peak = _log(max(config.clip_val, float(sums.max()) * math.sqrt(window_sum**2 + config.eps)), config.log_base)
+    peak = _log_value(max(config.clip_val, float(sums.max()) * math.sqrt(window_sum**2 + config.eps)), config.log_base)
     return silence, peak
 
 
@@ -1038,7 +1041,7 @@ def _floor_text(value: float) -> str:
 
 def _config_floor_text(config: MelConfig, silence: np.ndarray) -> str:
     function = "ln" if config.log_base == "e" else "log10"
-    floor = _log(config.clip_val, config.log_base)
+    floor = _log_value(config.clip_val, config.log_base)
     if np.allclose(silence, floor):
         return f"{function}({_short(config.clip_val)}) = {floor:.2f}"
     return (f"{silence.min():.2f}..{silence.max():.2f} per band ({function} of sqrt(eps={_short(config.eps)}) "
@@ -1149,7 +1152,7 @@ def format_report(result: Identification, mel_count: int, audio_note: str) -> st
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _identify_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m melvoc.identify",
         description="Find the MelConfig (and the closest preset) that made these mel files.",
@@ -1179,7 +1182,7 @@ def _finite(value: Any) -> Any:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``python -m melvoc.identify``; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = _identify_parser().parse_args(argv)
     # The search is thousands of small matrix products: extra threads only contend for the cores.
     torch.set_num_threads(1)
     try:

@@ -45,6 +45,7 @@ __all__ = [
     "CheckpointError",
     "GeneratorCheckpoint",
     "build_generator",
+    "parse_device",
     "export_state",
     "load_generator",
     "read_checkpoint",
@@ -101,6 +102,24 @@ class GeneratorCheckpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def parse_device(device: Union[str, torch.device]) -> torch.device:
+    """The one ``--device`` parser of the command line tools: ``"auto"`` -> CUDA when available, else
+    CPU; otherwise ``torch.device(device)``, which must exist here.
+
+    Raises:
+        ValueError: not a device, or CUDA asked for where there is none (the message says what to use).
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {device!r}: not a device ({exc}); use auto, cpu, cuda or cuda:N") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
+    return resolved
+
+
 def _torch_load(path: Path) -> Any:
     if not path.exists():
         raise FileNotFoundError(
@@ -147,7 +166,7 @@ def _features(value: Any, path: Path, where: str) -> MelConfig:
         raise CheckpointError(f"{path}: invalid feature config in {where}: {exc}") from exc
 
 
-def _generator_node(value: Any, features: MelConfig, path: Path, where: str) -> dict[str, Any]:
+def _checked_generator_node(value: Any, features: MelConfig, path: Path, where: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise CheckpointError(f"{path}: {where} is {type(value).__name__}, expected the generator's node")
     node = {"_target_": LEGACY_GENERATOR_TARGET, **value}
@@ -207,7 +226,7 @@ def read_checkpoint(path: str | os.PathLike) -> GeneratorCheckpoint:
             path=path,
             kind="export",
             features=features,
-            generator=_generator_node(data["generator"], features, path, "'generator'"),
+            generator=_checked_generator_node(data["generator"], features, path, "'generator'"),
             generator_state=dict(data["state_dict"]),
             weight_norm=bool(data.get("weight_norm", False)),
             metadata=dict(data.get("source") or {}),
@@ -232,7 +251,7 @@ def read_checkpoint(path: str | os.PathLike) -> GeneratorCheckpoint:
             path=path,
             kind="lightning",
             features=features,
-            generator=_generator_node(hparams["generator"], features, path, "hyper_parameters['generator']"),
+            generator=_checked_generator_node(hparams["generator"], features, path, "hyper_parameters['generator']"),
             generator_state=generator_state,
             weight_norm=any(k.endswith(_WEIGHT_NORM_SUFFIXES) for k in generator_state),
             discriminator_state=discriminator_state or None,

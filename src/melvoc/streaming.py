@@ -210,7 +210,7 @@ def _anti_aliased(activation: nn.Module) -> Span:
     return Series((up, Conv(k, stride=r, padding=k // 2 - 1)))
 
 
-def _activation(activations: Optional[nn.ModuleList], index: int) -> Span:
+def _activation_span(activations: Optional[nn.ModuleList], index: int) -> Span:
     # HiFi-GAN's leaky ReLUs are pointwise (the identity span); BigVGAN's resample around the activation.
     return Series() if activations is None else _anti_aliased(activations[index])
 
@@ -229,12 +229,12 @@ def _hifigan_layout(generator: nn.Module) -> Span:
         if hasattr(module, "convs1"):
             acts1, acts2 = getattr(module, "acts1", None), getattr(module, "acts2", None)
             steps = [
-                Series((_activation(acts1, i), conv_span(c1), _activation(acts2, i), conv_span(c2)))
+                Series((_activation_span(acts1, i), conv_span(c1), _activation_span(acts2, i), conv_span(c2)))
                 for i, (c1, c2) in enumerate(zip(module.convs1, module.convs2))
             ]
         else:
             acts = getattr(module, "acts", None)
-            steps = [Series((_activation(acts, i), conv_span(c))) for i, c in enumerate(module.convs)]
+            steps = [Series((_activation_span(acts, i), conv_span(c))) for i, c in enumerate(module.convs)]
         return Series(tuple(Parallel((Series(), step)) for step in steps))
 
     per_stage = generator.num_kernels

@@ -44,10 +44,18 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from melvoc.data.dataset import read_mel_tensor, silence_log_mel
-from melvoc.data.io import AUDIO_EXTENSIONS, AudioDataError, AudioInfo, audio_info, read_audio, resampled_length
-from melvoc.features import MelConfig, MelSpectrogram, min_audio_length
+from melvoc.data.io import (
+    AUDIO_EXTENSIONS,
+    AudioDataError,
+    AudioInfo,
+    audio_info,
+    problem_listing,
+    read_audio,
+    resampled_length,
+)
+from melvoc.features import MelConfig, MelSpectrogram, min_audio_length, read_mel_file
 from melvoc.identify import MelMismatchError, check_mel_files
-from melvoc.inference import CheckpointError, load_generator
+from melvoc.inference import CheckpointError, load_generator, parse_device
 from melvoc.streaming import StreamingVocoder
 
 __all__ = [
@@ -125,26 +133,12 @@ def _expand(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
     return files, problems
 
 
-def _listing(head: str, items: Sequence[str], fix: str) -> str:
-    shown = "\n  ".join(items[:_MAX_LISTED])
-    more = f"\n  ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
-    return f"{head}:\n  {shown}{more}\n{fix}"
-
-
 def _mel_shape(path: Path) -> tuple[int, ...]:
     """The stored shape of a mel file, read without loading the data where the format allows."""
     try:
-        if path.suffix.lower() == ".npy":
-            return tuple(np.load(path, mmap_mode="r").shape)
-        try:
-            mel = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # files from before torch's zip format cannot be memory-mapped
-            mel = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise AudioDataError(f"{path}: cannot read the mel ({type(exc).__name__}: {exc})", path) from exc
-    if not isinstance(mel, Tensor):
-        raise AudioDataError(f"{path}: holds a {type(mel).__name__}, not a tensor of shape (num_mels, frames)", path)
-    return tuple(mel.shape)
+        return tuple(read_mel_file(path, mmap=True).shape)
+    except ValueError as exc:
+        raise AudioDataError(str(exc), path) from exc
 
 
 def _check_mel_shape(path: Path, shape: tuple[int, ...], num_mels: int) -> int:
@@ -232,8 +226,8 @@ def collect_inputs(
             problems.append(str(exc))
     if problems:
         raise SynthesisError(
-            _listing(f"{len(problems)} input(s) cannot be synthesized", problems,
-                     "fix them or leave them out; nothing was written")
+            problem_listing(f"{len(problems)} input(s) cannot be synthesized", problems,
+                    "fix them or leave them out; nothing was written", _MAX_LISTED)
         )
 
     by_output: dict[Path, list[Path]] = {}
@@ -244,8 +238,8 @@ def collect_inputs(
     clashes = [f"{out}: {', '.join(map(str, srcs))}" for out, srcs in by_output.items() if len(srcs) > 1]
     if clashes:
         raise SynthesisError(
-            _listing(f"{len(clashes)} output file(s) would be written by several inputs", clashes,
-                     "inputs with the same stem need separate runs (or --output-dir per folder)")
+            problem_listing(f"{len(clashes)} output file(s) would be written by several inputs", clashes,
+                    "inputs with the same stem need separate runs (or --output-dir per folder)", _MAX_LISTED)
         )
     return items
 
@@ -257,15 +251,10 @@ def collect_inputs(
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(device)`` (checked)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise SynthesisError(f"--device {device!r}: not a device ({exc}); use auto, cpu, cuda or cuda:N") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise SynthesisError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
-    return resolved
+        return parse_device(device)
+    except ValueError as exc:
+        raise SynthesisError(str(exc)) from exc
 
 
 def _batches(items: list[SynthesisInput], batch_size: int) -> Iterator[list[SynthesisInput]]:
@@ -391,7 +380,7 @@ def synthesize(
 # --------------------------------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
+def _synthesize_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m melvoc.synthesize",
         description=(
@@ -437,7 +426,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _synthesize_parser().parse_args(argv)
     if args.chunk_frames is not None and not args.quiet:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

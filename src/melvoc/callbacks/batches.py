@@ -17,7 +17,7 @@ from lightning.pytorch import Trainer
 from torch import Tensor
 from torch.utils.data import DistributedSampler
 
-__all__ = ["repeated_last_clip", "step_audio"]
+__all__ = ["repeated_last_clip", "stage_loader", "step_audio"]
 
 _HOOKS = {"val": "validation_step", "test": "test_step"}
 
@@ -65,6 +65,16 @@ def step_audio(
     return audio_hat.detach(), batch[audio_key], batch.get("lengths")
 
 
+def stage_loader(trainer: Trainer, stage: str, dataloader_idx: int) -> Any:
+    """The ``dataloader_idx``-th validation (``stage="val"``) or test loader of ``trainer``."""
+    loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+    if isinstance(loaders, (list, tuple)):
+        return loaders[dataloader_idx]
+    if isinstance(loaders, Mapping):
+        return list(loaders.values())[dataloader_idx]
+    return loaders
+
+
 def repeated_last_clip(trainer: Trainer, stage: str, batch_idx: int, dataloader_idx: int) -> bool:
     """Whether the last clip of this batch is a repeat added by a ``DistributedSampler``.
 
@@ -76,13 +86,7 @@ def repeated_last_clip(trainer: Trainer, stage: str, batch_idx: int, dataloader_
     """
     if trainer.world_size == 1:
         return False
-    loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
-    if isinstance(loaders, (list, tuple)):
-        loader = loaders[dataloader_idx]
-    elif isinstance(loaders, Mapping):
-        loader = list(loaders.values())[dataloader_idx]
-    else:
-        loader = loaders
+    loader = stage_loader(trainer, stage, dataloader_idx)
     sampler = getattr(loader, "sampler", None)
     if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
         return False

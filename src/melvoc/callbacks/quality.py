@@ -11,6 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from torch.utils.data import BatchSampler, DistributedSampler
 
+from melvoc.callbacks.batches import stage_loader
 from melvoc.metrics import CREPE_MODELS, DEFAULT_METRICS, PITCH_METRICS, parse_metrics, score
 
 __all__ = ["QualityMetricsCallback"]
@@ -227,13 +228,7 @@ class QualityMetricsCallback(Callback):
         element ``k`` of rank ``r`` sits at ``r + k * world`` of it; past ``len(dataset)`` it is a
         repeat of a clip another rank scores.
         """
-        loaders = trainer.val_dataloaders
-        if isinstance(loaders, (list, tuple)):
-            loader = loaders[dataloader_idx]
-        elif isinstance(loaders, Mapping):
-            loader = list(loaders.values())[dataloader_idx]
-        else:
-            loader = loaders
+        loader = stage_loader(trainer, "val", dataloader_idx)
         batch_sampler = getattr(loader, "batch_sampler", None)
         sampler = getattr(loader, "sampler", None)
         if (

@@ -18,12 +18,13 @@ from melvoc.data.io import (
     AudioInfo,
     audio_info,
     check_rate,
+    problem_listing,
     read_audio,
     read_crop,
     resampled_length,
 )
 from melvoc.data.sources import AudioEntry, OnError, check_on_error
-from melvoc.features import MelConfig, min_audio_length
+from melvoc.features import MelConfig, min_audio_length, read_mel_file
 
 __all__ = ["AudioDataset", "ShortClips", "load_mel", "silence_log_mel"]
 
@@ -169,11 +170,13 @@ class AudioDataset(Dataset):
             mel_paths.append(mel_path)
         if problems:
             if self.on_error == "raise":
-                shown = "\n  ".join(problems[:10])
-                more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
                 raise AudioDataError(
-                    f"{self.split} data: {len(problems)} of {len(entries)} files unusable:\n  {shown}{more}\n"
-                    "Fix or remove them, or set data.on_error=skip to leave them out"
+                    problem_listing(
+                        f"{self.split} data: {len(problems)} of {len(entries)} files unusable",
+                        problems,
+                        "Fix or remove them, or set data.on_error=skip to leave them out",
+                        10,
+                    )
                 )
             self.skipped.extend(problems)
             log.warning(
@@ -332,17 +335,17 @@ def read_mel_tensor(path: Path | str) -> Tensor:
     Raises:
         AudioDataError: the file cannot be read or holds no tensor (naming the file and the cause).
     """
-    path = Path(path)
     try:
-        if path.suffix.lower() == ".npy":
-            return torch.from_numpy(np.load(path).astype(np.float32, copy=False))
-        mel = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(mel, Tensor):
-            raise TypeError(f"holds a {type(mel).__name__}, not a tensor")
+        mel = read_mel_file(path)
+    except ValueError as exc:
+        raise AudioDataError(str(exc), Path(path)) from exc
+    try:
+        if isinstance(mel, np.ndarray):
+            return torch.from_numpy(mel.astype(np.float32, copy=False))
         return mel.float()
     except Exception as exc:
         raise AudioDataError(
-            f"{path}: cannot read the mel ({type(exc).__name__}: {exc}); regenerate it", path
+            f"{path}: cannot read the mel ({type(exc).__name__}: {exc}); regenerate it", Path(path)
         ) from exc
 
 

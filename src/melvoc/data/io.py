@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -21,6 +21,7 @@ __all__ = [
     "AudioInfo",
     "audio_info",
     "check_rate",
+    "problem_listing",
     "read_audio",
     "read_crop",
     "read_mono",
@@ -34,6 +35,13 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus")
 # soxr's filter reaches about this far, so the crop equals the same span of the whole resampled file
 # (to float32 rounding; tests/test_data_io.py checks it).
 _RESAMPLE_MARGIN = 256
+
+
+def problem_listing(head: str, items: Sequence[str], fix: str, limit: int) -> str:
+    """``head:``, then the first ``limit`` items one a line (and how many more), then ``fix``."""
+    shown = "\n  ".join(items[:limit])
+    more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
+    return f"{head}:\n  {shown}{more}\n{fix}"
 
 
 class AudioDataError(ValueError):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
-from melvoc.data.io import AUDIO_EXTENSIONS, AudioDataError
+from melvoc.data.io import AUDIO_EXTENSIONS, AudioDataError, problem_listing
 
 __all__ = ["AudioEntry", "OnError", "read_source", "report_missing", "split_entries"]
 
@@ -139,12 +139,12 @@ def report_missing(entries: Sequence[AudioEntry], what: str, show: int = 5) -> O
     missing = [e for e in entries if not e.path.is_file()]
     if not missing:
         return None
-    shown = "\n  ".join(f"{e.origin}: {e.path}" for e in missing[:show])
-    more = f"\n  ... and {len(missing) - show} more" if len(missing) > show else ""
-    return (
-        f"{what}: {len(missing)} of {len(entries)} audio files not found:\n  {shown}{more}\n"
+    return problem_listing(
+        f"{what}: {len(missing)} of {len(entries)} audio files not found",
+        [f"{e.origin}: {e.path}" for e in missing],
         "Relative paths resolve against data.root, else the filelist's folder: set data.root, "
-        "fix the filelist, or set data.on_error=skip to leave them out"
+        "fix the filelist, or set data.on_error=skip to leave them out",
+        show,
     )
 
 

@@ -7,18 +7,71 @@ one logits tensor and one list of feature maps per sub-discriminator.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from melvoc.features import MelConfig
 
-__all__ = ["DiscriminatorOutput", "VocoderGenerator", "fold_weight_norm"]
+__all__ = [
+    "DiscriminatorOutput",
+    "VocoderGenerator",
+    "as_3d",
+    "conv_stack",
+    "fold_weight_norm",
+    "run_discriminators",
+]
 
 #: ``(logits per sub-discriminator, feature maps per sub-discriminator)``.
 DiscriminatorOutput = tuple[list[Tensor], list[list[Tensor]]]
+
+
+def as_3d(audio: Tensor) -> Tensor:
+    """``(B, T)`` or ``(B, 1, T)`` audio as ``(B, 1, T)``; anything else raises ``ValueError``."""
+    if audio.dim() == 2:
+        return audio.unsqueeze(1)
+    if audio.dim() != 3 or audio.size(1) != 1:
+        raise ValueError(f"discriminator input must be (B, T) or (B, 1, T) audio, got shape {tuple(audio.shape)}")
+    return audio
+
+
+def conv_stack(
+    x: Tensor,
+    convs: Iterable[nn.Module],
+    conv_post: nn.Module,
+    *,
+    slope: float,
+    first_feature_map: int = 0,
+    output_is_feature_map: bool = True,
+) -> tuple[Tensor, list[Tensor]]:
+    """A sub-discriminator's leaky-ReLU conv stack, then its output conv: ``(logits (B, N), feature maps)``.
+
+    The feature maps are the activations of the layers from ``first_feature_map`` on, and the output
+    conv's result unless ``output_is_feature_map=False`` (BigVGAN's CQT-D).
+    """
+    fmap = []
+    for i, conv in enumerate(convs):
+        x = F.leaky_relu(conv(x), slope)
+        if i >= first_feature_map:
+            fmap.append(x)
+    x = conv_post(x)
+    if output_is_feature_map:
+        fmap.append(x)
+    return x.flatten(1), fmap
+
+
+def run_discriminators(discriminators: Iterable[nn.Module], audio: Tensor) -> DiscriminatorOutput:
+    """Every sub-discriminator on the same ``audio``: ``([logits], [feature maps])``, one entry each."""
+    logits, fmaps = [], []
+    for d in discriminators:
+        logit, fmap = d(audio)
+        logits.append(logit)
+        fmaps.append(fmap)
+    return logits, fmaps
 
 
 class VocoderGenerator(nn.Module):

@@ -31,11 +31,11 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
 from melvoc.models.activations import AntiAliasedActivation, Snake, SnakeBeta
-from melvoc.models.base import VocoderGenerator
+from melvoc.models.base import VocoderGenerator, fold_weight_norm
+from melvoc.models.hifigan import check_generator_layout, multi_receptive_field
 
 __all__ = ["AMPBlock1", "AMPBlock2", "BigVGANGenerator"]
 
@@ -146,35 +146,17 @@ class BigVGANGenerator(VocoderGenerator):
         use_bias_at_final: bool = False,
     ) -> None:
         super().__init__()
-        upsample_rates = [int(r) for r in upsample_rates]
-        upsample_kernel_sizes = [int(k) for k in upsample_kernel_sizes]
-        resblock = str(resblock)
-        if len(upsample_rates) != len(upsample_kernel_sizes) or not upsample_rates:
-            raise ValueError(
-                f"upsample_rates {upsample_rates} and upsample_kernel_sizes {upsample_kernel_sizes} must be "
-                "non-empty and of the same length (one kernel per up-sampling stage)"
-            )
-        for u, k in zip(upsample_rates, upsample_kernel_sizes):
-            if u < 1 or k < u or (k - u) % 2:
-                raise ValueError(
-                    f"up-sampling stage rate {u} kernel {k}: need kernel >= rate and kernel - rate even "
-                    "(e.g. kernel = 2 * rate) so that the stage up-samples exactly by its rate"
-                )
-        if len(resblock_kernel_sizes) != len(resblock_dilation_sizes) or not resblock_kernel_sizes:
-            raise ValueError(
-                f"resblock_kernel_sizes {list(resblock_kernel_sizes)} and resblock_dilation_sizes "
-                f"{[list(d) for d in resblock_dilation_sizes]} must be non-empty and of the same length"
-            )
-        if resblock not in ("1", "2"):
-            raise ValueError(f"resblock {resblock!r}: expected '1' (AMPBlock1, published models) or '2' (AMPBlock2)")
+        upsample_rates, upsample_kernel_sizes, resblock, final_channels = check_generator_layout(
+            upsample_rates,
+            upsample_kernel_sizes,
+            upsample_initial_channel,
+            resblock,
+            resblock_kernel_sizes,
+            resblock_dilation_sizes,
+            resblock_kinds="'1' (AMPBlock1, published models) or '2' (AMPBlock2)",
+        )
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation {activation!r}: expected one of {sorted(_ACTIVATIONS)}")
-        final_channels = upsample_initial_channel // 2 ** len(upsample_rates)
-        if final_channels < 1:
-            raise ValueError(
-                f"upsample_initial_channel {upsample_initial_channel} is halved {len(upsample_rates)} times "
-                f"and reaches 0 channels: use at least {2 ** len(upsample_rates)}"
-            )
 
         self.num_mels = int(num_mels)
         self.upsample_rates = upsample_rates
@@ -204,20 +186,11 @@ class BigVGANGenerator(VocoderGenerator):
         x = self.conv_pre(mel)
         for i, up in enumerate(self.ups):
             x = up(x)
-            blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
-            xs = blocks[0](x)
-            for b in blocks[1:]:
-                xs = xs + b(x)
-            x = xs / self.num_kernels
+            x = multi_receptive_field(x, self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels])
         x = self.conv_post(self.activation_post(x))
         return torch.tanh(x) if self.use_tanh_at_final else x.clamp(-1.0, 1.0)
 
     def remove_weight_norm(self) -> "BigVGANGenerator":
         """Fold weight norm into plain weights (still ``nn.Parameter``); same outputs. Returns ``self``."""
-        for module in self.modules():
-            if parametrize.is_parametrized(module, "weight"):
-                weight = module.weight.detach().clone()
-                parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-                # Called under no_grad, torch leaves the folded weight as a plain tensor; keep it a Parameter.
-                module.weight = nn.Parameter(weight)
+        fold_weight_norm(self)
         return self

@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
-from melvoc.models.base import DiscriminatorOutput
-from melvoc.models.stft_discriminators import LRELU_SLOPE, as_3d
+from melvoc.models.base import DiscriminatorOutput, as_3d, conv_stack, run_discriminators
+from melvoc.models.stft_discriminators import LRELU_SLOPE
 
 __all__ = [
     "ConstantQTransform",
@@ -249,11 +249,7 @@ class DiscriminatorCQT(nn.Module):
         z = z.transpose(2, 3)
         b = self.bins_per_octave
         z = torch.cat([conv(z[..., i * b : (i + 1) * b]) for i, conv in enumerate(self.conv_pres)], dim=-1)
-        fmap = []
-        for conv in self.convs:
-            z = F.leaky_relu(conv(z), LRELU_SLOPE)
-            fmap.append(z)
-        return self.conv_post(z).flatten(1), fmap
+        return conv_stack(z, self.convs, self.conv_post, slope=LRELU_SLOPE, output_is_feature_map=False)
 
 
 class MultiScaleSubbandCQTDiscriminator(nn.Module):
@@ -294,9 +290,4 @@ class MultiScaleSubbandCQTDiscriminator(nn.Module):
 
     def forward(self, audio: Tensor) -> DiscriminatorOutput:
         """``(B, 1, T) -> ([logits (B, N_i)], [[feature maps]])``, one entry per scale."""
-        logits, fmaps = [], []
-        for d in self.discriminators:
-            logit, fmap = d(audio)
-            logits.append(logit)
-            fmaps.append(fmap)
-        return logits, fmaps
+        return run_discriminators(self.discriminators, audio)

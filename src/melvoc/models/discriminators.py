@@ -15,38 +15,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
-from melvoc.models.base import DiscriminatorOutput
+from melvoc.models.base import DiscriminatorOutput, as_3d, conv_stack, run_discriminators
 from melvoc.models.hifigan import LRELU_SLOPE, get_padding
 
 __all__ = ["DiscriminatorP", "DiscriminatorS", "MultiPeriodDiscriminator", "MultiScaleDiscriminator"]
 
 # The published MSD layers: (kernel, stride, groups); groups are reduced to divide narrower channels.
 _MSD_LAYERS = ((15, 1, 1), (41, 2, 4), (41, 2, 16), (41, 4, 16), (41, 4, 16), (41, 1, 16), (5, 1, 1))
-
-
-def _as_3d(audio: Tensor) -> Tensor:
-    if audio.dim() == 2:
-        return audio.unsqueeze(1)
-    if audio.dim() != 3 or audio.size(1) != 1:
-        raise ValueError(f"discriminator input must be (B, T) or (B, 1, T) audio, got shape {tuple(audio.shape)}")
-    return audio
-
-
-def _conv_stack(
-    x: Tensor, convs: nn.ModuleList, conv_post: nn.Module, first_feature_map: int = 0
-) -> tuple[Tensor, list[Tensor]]:
-    """Leaky-ReLU conv stack then the output conv: ``(logits (B, N), feature maps)``.
-
-    The feature maps are the activations of the layers from ``first_feature_map`` on, and the output.
-    """
-    fmap = []
-    for i, conv in enumerate(convs):
-        x = F.leaky_relu(conv(x), LRELU_SLOPE)
-        if i >= first_feature_map:
-            fmap.append(x)
-    x = conv_post(x)
-    fmap.append(x)
-    return x.flatten(1, -1), fmap
 
 
 class DiscriminatorP(nn.Module):
@@ -88,7 +63,7 @@ class DiscriminatorP(nn.Module):
 
     def forward(self, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
         """``(B, 1, T) -> (logits (B, N), feature maps)``."""
-        x = _as_3d(audio)
+        x = as_3d(audio)
         b, c, t = x.shape
         if t % self.period:
             n_pad = self.period - t % self.period
@@ -96,7 +71,7 @@ class DiscriminatorP(nn.Module):
             x = F.pad(x, (0, n_pad), "reflect" if n_pad < t else "constant")
             t = t + n_pad
         x = x.view(b, c, t // self.period, self.period)
-        return _conv_stack(x, self.convs, self.conv_post, self.first_feature_map)
+        return conv_stack(x, self.convs, self.conv_post, slope=LRELU_SLOPE, first_feature_map=self.first_feature_map)
 
 
 class MultiPeriodDiscriminator(nn.Module):
@@ -112,12 +87,7 @@ class MultiPeriodDiscriminator(nn.Module):
         )
 
     def forward(self, audio: Tensor) -> DiscriminatorOutput:
-        logits, fmaps = [], []
-        for d in self.discriminators:
-            logit, fmap = d(audio)
-            logits.append(logit)
-            fmaps.append(fmap)
-        return logits, fmaps
+        return run_discriminators(self.discriminators, audio)
 
 
 class DiscriminatorS(nn.Module):
@@ -137,8 +107,8 @@ class DiscriminatorS(nn.Module):
 
     def forward(self, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
         """``(B, 1, T) -> (logits (B, N), feature maps)``."""
-        x = _as_3d(audio)
-        return _conv_stack(x, self.convs, self.conv_post)
+        x = as_3d(audio)
+        return conv_stack(x, self.convs, self.conv_post, slope=LRELU_SLOPE)
 
 
 class MultiScaleDiscriminator(nn.Module):
@@ -155,7 +125,7 @@ class MultiScaleDiscriminator(nn.Module):
         self.pool = nn.AvgPool1d(4, 2, padding=2)
 
     def forward(self, audio: Tensor) -> DiscriminatorOutput:
-        x = _as_3d(audio)
+        x = as_3d(audio)
         logits, fmaps = [], []
         for i, d in enumerate(self.discriminators):
             if i:

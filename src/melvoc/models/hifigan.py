@@ -52,6 +52,58 @@ def _init_weights(module: nn.Module, std: float = 0.01) -> None:
         module.weight.data.normal_(0.0, std)
 
 
+def check_generator_layout(
+    upsample_rates: Sequence[int],
+    upsample_kernel_sizes: Sequence[int],
+    upsample_initial_channel: int,
+    resblock: str | int,
+    resblock_kernel_sizes: Sequence[int],
+    resblock_dilation_sizes: Sequence[Sequence[int]],
+    resblock_kinds: str,
+) -> tuple[list[int], list[int], str, int]:
+    """Check a HiFi-GAN-style up-sampling layout (shared by HiFi-GAN and BigVGAN generators).
+
+    Returns ``(upsample_rates, upsample_kernel_sizes, resblock, final_channels)`` as ints / str;
+    raises ``ValueError`` that says what is wrong. ``resblock_kinds`` names the allowed ``resblock`` values.
+    """
+    upsample_rates = [int(r) for r in upsample_rates]
+    upsample_kernel_sizes = [int(k) for k in upsample_kernel_sizes]
+    resblock = str(resblock)
+    if len(upsample_rates) != len(upsample_kernel_sizes) or not upsample_rates:
+        raise ValueError(
+            f"upsample_rates {upsample_rates} and upsample_kernel_sizes {upsample_kernel_sizes} must be "
+            "non-empty and of the same length (one kernel per upsampling stage)"
+        )
+    for u, k in zip(upsample_rates, upsample_kernel_sizes):
+        if u < 1 or k < u or (k - u) % 2:
+            raise ValueError(
+                f"upsampling stage rate {u} kernel {k}: need kernel >= rate and kernel - rate even "
+                "(e.g. kernel = 2 * rate) so the stage upsamples exactly by its rate"
+            )
+    if len(resblock_kernel_sizes) != len(resblock_dilation_sizes) or not resblock_kernel_sizes:
+        raise ValueError(
+            f"resblock_kernel_sizes {list(resblock_kernel_sizes)} and resblock_dilation_sizes "
+            f"{[list(d) for d in resblock_dilation_sizes]} must be non-empty and of the same length"
+        )
+    if resblock not in ("1", "2"):
+        raise ValueError(f"resblock {resblock!r}: expected {resblock_kinds}")
+    final_channels = upsample_initial_channel // 2 ** len(upsample_rates)
+    if final_channels < 1:
+        raise ValueError(
+            f"upsample_initial_channel {upsample_initial_channel} is halved {len(upsample_rates)} times "
+            f"and reaches 0 channels: use at least {2 ** len(upsample_rates)}"
+        )
+    return upsample_rates, upsample_kernel_sizes, resblock, final_channels
+
+
+def multi_receptive_field(x: Tensor, blocks: Sequence[nn.Module]) -> Tensor:
+    """The MRF step of HiFi-GAN and BigVGAN: the mean of ``blocks`` applied to the same ``x``."""
+    xs = blocks[0](x)
+    for b in blocks[1:]:
+        xs = xs + b(x)
+    return xs / len(blocks)
+
+
 class ResBlock1(nn.Module):
     """HiFi-GAN ResBlock type 1: per dilation, ``x + conv1(lrelu(conv_d(lrelu(x))))``. ``(B, C, T) -> (B, C, T)``."""
 
@@ -119,33 +171,15 @@ class HiFiGANGenerator(VocoderGenerator):
         resblock_dilation_sizes: Sequence[Sequence[int]],
     ) -> None:
         super().__init__()
-        upsample_rates = [int(r) for r in upsample_rates]
-        upsample_kernel_sizes = [int(k) for k in upsample_kernel_sizes]
-        resblock = str(resblock)
-        if len(upsample_rates) != len(upsample_kernel_sizes) or not upsample_rates:
-            raise ValueError(
-                f"upsample_rates {upsample_rates} and upsample_kernel_sizes {upsample_kernel_sizes} must be "
-                "non-empty and of the same length (one kernel per upsampling stage)"
-            )
-        for u, k in zip(upsample_rates, upsample_kernel_sizes):
-            if u < 1 or k < u or (k - u) % 2:
-                raise ValueError(
-                    f"upsampling stage rate {u} kernel {k}: need kernel >= rate and kernel - rate even "
-                    "(e.g. kernel = 2 * rate) so the stage upsamples exactly by its rate"
-                )
-        if len(resblock_kernel_sizes) != len(resblock_dilation_sizes) or not resblock_kernel_sizes:
-            raise ValueError(
-                f"resblock_kernel_sizes {list(resblock_kernel_sizes)} and resblock_dilation_sizes "
-                f"{[list(d) for d in resblock_dilation_sizes]} must be non-empty and of the same length"
-            )
-        if resblock not in ("1", "2"):
-            raise ValueError(f"resblock {resblock!r}: expected '1' (HiFi-GAN V1/V2) or '2' (V3)")
-        final_channels = upsample_initial_channel // 2 ** len(upsample_rates)
-        if final_channels < 1:
-            raise ValueError(
-                f"upsample_initial_channel {upsample_initial_channel} is halved {len(upsample_rates)} times "
-                f"and reaches 0 channels: use at least {2 ** len(upsample_rates)}"
-            )
+        upsample_rates, upsample_kernel_sizes, resblock, final_channels = check_generator_layout(
+            upsample_rates,
+            upsample_kernel_sizes,
+            upsample_initial_channel,
+            resblock,
+            resblock_kernel_sizes,
+            resblock_dilation_sizes,
+            resblock_kinds="'1' (HiFi-GAN V1/V2) or '2' (V3)",
+        )
 
         self.num_mels = int(num_mels)
         self.upsample_rates = upsample_rates
@@ -175,11 +209,7 @@ class HiFiGANGenerator(VocoderGenerator):
         x = self.conv_pre(mel)
         for i, up in enumerate(self.ups):
             x = up(F.leaky_relu(x, LRELU_SLOPE))
-            blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
-            xs = blocks[0](x)
-            for b in blocks[1:]:
-                xs = xs + b(x)
-            x = xs / self.num_kernels
+            x = multi_receptive_field(x, self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels])
         # The original uses leaky_relu's default slope (0.01) here, not LRELU_SLOPE.
         x = self.conv_post(F.leaky_relu(x))
         return torch.tanh(x)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
-from melvoc.models.base import DiscriminatorOutput
+from melvoc.models.base import DiscriminatorOutput, as_3d, conv_stack, run_discriminators
 
 __all__ = [
     "DiscriminatorB",
@@ -35,15 +35,6 @@ LRELU_SLOPE = 0.1
 UNIVNET_RESOLUTIONS = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))
 #: DAC's bands, as fractions of the ``n_fft // 2 + 1`` bins.
 DAC_BANDS = ((0.0, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
-
-
-def as_3d(audio: Tensor) -> Tensor:
-    """``(B, T)`` or ``(B, 1, T)`` audio as ``(B, 1, T)``; anything else raises ``ValueError``."""
-    if audio.dim() == 2:
-        return audio.unsqueeze(1)
-    if audio.dim() != 3 or audio.size(1) != 1:
-        raise ValueError(f"discriminator input must be (B, T) or (B, 1, T) audio, got shape {tuple(audio.shape)}")
-    return audio
 
 
 def _stack(in_channels: int, channels: int, norm=weight_norm) -> nn.ModuleList:
@@ -98,13 +89,7 @@ class DiscriminatorR(nn.Module):
     def forward(self, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
         """``(B, 1, T) -> (logits (B, N), feature maps)``."""
         x = self.spectrogram(as_3d(audio)).unsqueeze(1)
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return x.flatten(1), fmap
+        return conv_stack(x, self.convs, self.conv_post, slope=LRELU_SLOPE)
 
 
 class MultiResolutionDiscriminator(nn.Module):
@@ -129,12 +114,7 @@ class MultiResolutionDiscriminator(nn.Module):
 
     def forward(self, audio: Tensor) -> DiscriminatorOutput:
         """``(B, 1, T) -> ([logits (B, N_i)], [[feature maps]])``, one entry per resolution."""
-        logits, fmaps = [], []
-        for d in self.discriminators:
-            logit, fmap = d(audio)
-            logits.append(logit)
-            fmaps.append(fmap)
-        return logits, fmaps
+        return run_discriminators(self.discriminators, audio)
 
 
 class DiscriminatorB(nn.Module):
@@ -215,9 +195,4 @@ class MultiBandDiscriminator(nn.Module):
 
     def forward(self, audio: Tensor) -> DiscriminatorOutput:
         """``(B, 1, T) -> ([logits (B, N_i)], [[feature maps]])``, one entry per FFT size."""
-        logits, fmaps = [], []
-        for d in self.discriminators:
-            logit, fmap = d(audio)
-            logits.append(logit)
-            fmaps.append(fmap)
-        return logits, fmaps
+        return run_discriminators(self.discriminators, audio)

@@ -230,7 +230,7 @@ class VocosBackbone(nn.Module):
             ConvNeXtBlock(dim, intermediate_dim, layer_scale_init_value) for _ in range(num_layers)
         )
         self.final_layer_norm = nn.LayerNorm(dim, eps=1e-6)
-        self.apply(_init_weights)
+        self.apply(_trunc_normal_init)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(self.embed(x).transpose(1, 2))
@@ -239,7 +239,7 @@ class VocosBackbone(nn.Module):
         return self.final_layer_norm(x)
 
 
-def _init_weights(module: nn.Module) -> None:
+def _trunc_normal_init(module: nn.Module) -> None:
     if isinstance(module, (nn.Conv1d, nn.Linear)):
         nn.init.trunc_normal_(module.weight, std=0.02)
         nn.init.zeros_(module.bias)

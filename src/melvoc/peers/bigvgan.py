@@ -29,6 +29,7 @@ from melvoc.models.activations import AntiAliasedActivation
 from melvoc.models.cqt_discriminator import ConstantQTransform, SincResample
 from melvoc.peers import PeerCheckpoint, PeerCheckpointError
 from melvoc.peers.hifigan import (
+    GENERATOR_FIELDS,
     MPD_CHANNELS,
     MPD_TARGET,
     build_on_meta,
@@ -39,6 +40,7 @@ from melvoc.peers.hifigan import (
     read_json_config,
     require_fields,
     state_dict_entry,
+    step_checkpoint,
     step_files,
     to_melvoc_state,
 )
@@ -53,17 +55,7 @@ CQTD_TARGET = "melvoc.models.cqt_discriminator.MultiScaleSubbandCQTDiscriminator
 GENERATOR_FILE = "bigvgan_generator.pt"
 DISCRIMINATOR_FILE = "bigvgan_discriminator_optimizer.pt"
 
-_GENERATOR_FIELDS = (
-    "num_mels",
-    "upsample_rates",
-    "upsample_kernel_sizes",
-    "upsample_initial_channel",
-    "resblock",
-    "resblock_kernel_sizes",
-    "resblock_dilation_sizes",
-    "activation",
-    "snake_logscale",
-)
+_GENERATOR_FIELDS = (*GENERATOR_FIELDS, "activation", "snake_logscale")
 # BigVGAN's code defaults for configs that predate the fields (v1: tanh and a bias at the end).
 _GENERATOR_DEFAULTS = {"use_tanh_at_final": True, "use_bias_at_final": True}
 _CONFIG = "a BigVGAN config.json (NVIDIA/BigVGAN configs/ layout)"
@@ -205,7 +197,7 @@ def _discriminator_nodes(config: Mapping[str, Any], path: Path) -> dict[str, dic
     return nodes
 
 
-def _discriminators(
+def _bigvgan_discriminators(
     do_file: Path, config: Mapping[str, Any], config_path: Path
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Tensor]], dict[str, Any]]:
     expected = (
@@ -233,20 +225,15 @@ def read(path: Path) -> PeerCheckpoint:
     generator_file, do_file = _files(path)
     node = _generator_node(config)
     g_expected = f"a BigVGAN {GENERATOR_FILE} / g_XXXXXXXX file ({{'generator': state_dict}})"
-    source = state_dict_entry(load_torch_file(generator_file, g_expected), "generator", generator_file, g_expected)
-    state = to_melvoc_state(_rename(source, node, generator_file), build_on_meta(node), generator_file, "generator")
-    metadata: dict[str, Any] = {"config": config, "generator_file": str(generator_file), "discriminator_file": None}
-    discriminators = discriminator_states = None
-    if do_file is not None:
-        discriminators, discriminator_states, step_meta = _discriminators(do_file, config, config_path)
-        metadata.update(step_meta, discriminator_file=str(do_file))
-    return PeerCheckpoint(
-        path=path,
-        family="bigvgan",
-        features=features,
-        generator=node,
-        generator_state=state,
-        discriminators=discriminators,
-        discriminator_states=discriminator_states,
-        metadata=metadata,
+    return step_checkpoint(
+        path,
+        "bigvgan",
+        config,
+        features,
+        node,
+        generator_file,
+        do_file,
+        g_expected,
+        lambda do: _bigvgan_discriminators(do, config, config_path),
+        rename=lambda source: _rename(source, node, generator_file),
     )

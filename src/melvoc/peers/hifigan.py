@@ -19,7 +19,7 @@ import json
 import pickle
 import re
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,7 +40,8 @@ MPD_CHANNELS = (32, 128, 512, 1024, 1024)
 MPD_PERIODS = (2, 3, 5, 7, 11)
 MSD_CHANNELS = (128, 128, 256, 512, 1024, 1024, 1024)
 
-_GENERATOR_FIELDS = (
+#: The config.json fields of a HiFi-GAN generator (BigVGAN's are these and its activation fields).
+GENERATOR_FIELDS = (
     "num_mels",
     "upsample_rates",
     "upsample_kernel_sizes",
@@ -265,32 +266,57 @@ def _discriminators(do_file: Path) -> tuple[dict[str, dict[str, Any]], dict[str,
     return nodes, states, meta
 
 
-def read(path: Path) -> PeerCheckpoint:
-    """Read a jik876/hifi-gan checkpoint (see the module docstring for the accepted paths)."""
-    path = Path(path)
-    config_path = config_beside(path)
-    expected = "a jik876/hifi-gan config.json (config_v1.json layout)"
-    config = read_json_config(config_path, "a HiFi-GAN checkpoint")
-    require_fields(config, _GENERATOR_FIELDS, config_path, expected)
-    features = lineage_mel_config(config, config_path)
-    generator_file, do_file = step_files(path, "HiFi-GAN")
-    node = {"_target_": GENERATOR_TARGET, **{k: config[k] for k in _GENERATOR_FIELDS}}
-    node["resblock"] = str(node["resblock"])
-    g_expected = "a jik876/hifi-gan g_XXXXXXXX file ({'generator': state_dict})"
+def step_checkpoint(
+    path: Path,
+    family: str,
+    config: Mapping[str, Any],
+    features: MelConfig,
+    node: dict[str, Any],
+    generator_file: Path,
+    do_file: Optional[Path],
+    g_expected: str,
+    read_discriminators: Callable[[Path], tuple[dict[str, dict[str, Any]], dict[str, dict[str, Tensor]], dict[str, Any]]],
+    rename: Optional[Callable[[Mapping[str, Tensor]], Mapping[str, Tensor]]] = None,
+) -> PeerCheckpoint:
+    """The :class:`PeerCheckpoint` of a ``g_XXXXXXXX`` (+ optional ``do_XXXXXXXX``) pair.
+
+    Shared by the HiFi-GAN and BigVGAN readers: ``node`` is the generator's Hydra node, ``rename``
+    maps the peer's generator keys to melvoc's (identity when None), ``read_discriminators(do_file)``
+    returns ``(nodes, states, step metadata)``.
+    """
     source = state_dict_entry(load_torch_file(generator_file, g_expected), "generator", generator_file, g_expected)
+    if rename is not None:
+        source = rename(source)
     state = to_melvoc_state(source, build_on_meta(node), generator_file, "generator")
     metadata: dict[str, Any] = {"config": config, "generator_file": str(generator_file), "discriminator_file": None}
     discriminators = discriminator_states = None
     if do_file is not None:
-        discriminators, discriminator_states, step_meta = _discriminators(do_file)
+        discriminators, discriminator_states, step_meta = read_discriminators(do_file)
         metadata.update(step_meta, discriminator_file=str(do_file))
     return PeerCheckpoint(
         path=path,
-        family="hifigan",
+        family=family,
         features=features,
         generator=node,
         generator_state=state,
         discriminators=discriminators,
         discriminator_states=discriminator_states,
         metadata=metadata,
+    )
+
+
+def read(path: Path) -> PeerCheckpoint:
+    """Read a jik876/hifi-gan checkpoint (see the module docstring for the accepted paths)."""
+    path = Path(path)
+    config_path = config_beside(path)
+    expected = "a jik876/hifi-gan config.json (config_v1.json layout)"
+    config = read_json_config(config_path, "a HiFi-GAN checkpoint")
+    require_fields(config, GENERATOR_FIELDS, config_path, expected)
+    features = lineage_mel_config(config, config_path)
+    generator_file, do_file = step_files(path, "HiFi-GAN")
+    node = {"_target_": GENERATOR_TARGET, **{k: config[k] for k in GENERATOR_FIELDS}}
+    node["resblock"] = str(node["resblock"])
+    g_expected = "a jik876/hifi-gan g_XXXXXXXX file ({'generator': state_dict})"
+    return step_checkpoint(
+        path, "hifigan", config, features, node, generator_file, do_file, g_expected, _discriminators
     )

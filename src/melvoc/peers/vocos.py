@@ -102,7 +102,7 @@ def _section(config: Mapping[str, Any], name: str, expected: str, config_path: P
     return args
 
 
-def _features(args: Mapping[str, Any], config_path: Path) -> MelConfig:
+def _vocos_features(args: Mapping[str, Any], config_path: Path) -> MelConfig:
     unknown = sorted(set(args) - set(_DEFAULTS[_MEL_FEATURES]))
     if unknown:
         raise PeerCheckpointError(f"{config_path}: feature_extractor.init_args has unknown keys {unknown}")
@@ -132,7 +132,7 @@ def _features(args: Mapping[str, Any], config_path: Path) -> MelConfig:
         raise PeerCheckpointError(f"{config_path}: feature_extractor.init_args {dict(args)}: {exc}") from exc
 
 
-def _generator_node(
+def _vocos_generator_node(
     features: MelConfig, backbone: Mapping[str, Any], head: Mapping[str, Any], config_path: Path
 ) -> dict[str, Any]:
     checks = (
@@ -233,8 +233,8 @@ def read(path: Path) -> PeerCheckpoint:
     if not isinstance(config, Mapping):
         raise PeerCheckpointError(f"{config_path}: holds {type(config).__name__}, expected a mapping")
 
-    features = _features(_section(config, "feature_extractor", _MEL_FEATURES, config_path), config_path)
-    node = _generator_node(
+    features = _vocos_features(_section(config, "feature_extractor", _MEL_FEATURES, config_path), config_path)
+    node = _vocos_generator_node(
         features,
         _section(config, "backbone", _BACKBONE, config_path),
         _section(config, "head", _HEAD, config_path),
