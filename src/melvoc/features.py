@@ -19,11 +19,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Optional, get_args
 
 import numpy as np
@@ -34,7 +32,7 @@ from melvoc import features_fast
 
 __all__ = [
     "MelConfig", "MelSpectrogram", "Spectrogram", "cache_info", "clear_cache", "hann_window", "mel_filterbank",
-    "mel_spectrogram", "min_audio_length", "num_frames", "read_mel_file", "spec_to_mel", "spectrogram",
+    "mel_spectrogram", "min_audio_length", "num_frames", "spec_to_mel", "spectrogram",
 ]
 
 PadMode = Literal["reflect", "zeros", "none"]
@@ -387,34 +385,3 @@ class MelSpectrogram(_FeatureModule):
 
     def forward(self, audio: Tensor) -> Tensor:
         return _compute(audio, self.config, self.window, self.mel_basis, self.fast)
-
-
-def read_mel_file(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray | Tensor:
-    """The array stored in a mel file, as stored: ``.npy`` -> ``np.ndarray``, else a ``torch.save``d tensor.
-
-    The one reader of mel files (training data, synthesis, identify). ``mmap=True`` memory-maps the
-    file where the format allows, for reading only the shape.
-
-    Raises:
-        ValueError: the file cannot be read or holds no tensor (naming the file and the cause); callers
-            re-raise it as their own error type.
-    """
-    path = Path(path)
-    try:
-        if path.suffix.lower() == ".npy":
-            return np.load(path, mmap_mode="r" if mmap else None)
-        if mmap:
-            try:
-                mel = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # files from before torch's zip format cannot be memory-mapped
-                mel = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            mel = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read the mel ({type(exc).__name__}: {exc}); regenerate it") from exc
-    if not isinstance(mel, Tensor):
-        raise ValueError(
-            f"{path}: cannot read the mel: it holds a {type(mel).__name__}, not a tensor of shape "
-            "(num_mels, frames); regenerate it"
-        )
-    return mel

@@ -51,10 +51,10 @@ from melvoc.features import (
     mel_filterbank,
     mel_spectrogram,
     num_frames,
-    read_mel_file,
     spec_to_mel,
     spectrogram,
 )
+from melvoc.mel_files import read_mel_file
 
 __all__ = [
     "Candidate",

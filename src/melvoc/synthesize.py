@@ -53,7 +53,8 @@ from melvoc.data.io import (
     read_audio,
     resampled_length,
 )
-from melvoc.features import MelConfig, MelSpectrogram, min_audio_length, read_mel_file
+from melvoc.features import MelConfig, MelSpectrogram, min_audio_length
+from melvoc.mel_files import MEL_FILE_SUFFIXES, read_mel_file
 from melvoc.identify import MelMismatchError, check_mel_files
 from melvoc.inference import CheckpointError, load_generator, parse_device
 from melvoc.streaming import StreamingVocoder
@@ -73,7 +74,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Suffixes read as precomputed log-mels rather than audio.
-MEL_EXTENSIONS = (".npy", ".pt")
+MEL_EXTENSIONS = MEL_FILE_SUFFIXES
 #: WAV sample encodings ``--subtype`` accepts.
 SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
 _MAX_LISTED = 10

@@ -24,7 +24,8 @@ from melvoc.data.io import (
     resampled_length,
 )
 from melvoc.data.sources import AudioEntry, OnError, check_on_error
-from melvoc.features import MelConfig, min_audio_length, read_mel_file
+from melvoc.features import MelConfig, min_audio_length
+from melvoc.mel_files import MEL_FILE_SUFFIXES, read_mel_file
 
 __all__ = ["AudioDataset", "ShortClips", "load_mel", "silence_log_mel"]
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 ShortClips = Literal["pad", "drop", "error"]
 _SHORT_CLIPS = ("pad", "drop", "error")
-_MEL_SUFFIXES = (".npy", ".pt")
+_MEL_SUFFIXES = MEL_FILE_SUFFIXES
 # How many other items a training crop tries when on_error=skip meets a broken file mid-epoch.
 _SKIP_RETRIES = 16
 
