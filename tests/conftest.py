@@ -21,6 +21,15 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "train
         return compose(config_name=config_name, overrides=overrides or [], return_hydra_config=False)
 
 
+def path_overrides(tmp_path: Path) -> list[str]:
+    """Overrides that send a run's logs, cache and output folder into ``tmp_path``."""
+    return [
+        f"paths.log_dir={tmp_path / 'logs'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"paths.output_dir={tmp_path / 'run'}",
+    ]
+
+
 @pytest.fixture
 def compose_cfg():
     """``compose_cfg(["features=bigvgan_24k", ...]) -> DictConfig``."""

@@ -28,7 +28,7 @@ from melvoc.runs import run_id
 from melvoc.training import train, validate_config
 from tests._speech import filelists, speak
 from tests._trained import one_thread
-from tests.conftest import FIXTURES, REPO, compose_config
+from tests.conftest import FIXTURES, REPO, compose_config, path_overrides
 
 PEERS = FIXTURES / "peers"
 BIGVGAN = PEERS / "bigvgan_v2_24khz_100band"
@@ -62,14 +62,6 @@ def plain_launch(monkeypatch):
     run_id.cache_clear()
 
 
-def paths(tmp_path: Path) -> list[str]:
-    return [
-        f"paths.log_dir={tmp_path / 'logs'}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        f"paths.output_dir={tmp_path / 'run'}",
-    ]
-
-
 def synthetic_lists(tmp_path: Path, sampling_rate: int) -> list[str]:
     """Two short training and two validation clips of the built-in speech-like set, as filelists."""
     spec = SyntheticSpec(sampling_rate=sampling_rate, num_train=2, num_val=2, min_seconds=0.6, max_seconds=0.9, seed=3)
@@ -101,7 +93,7 @@ def speech_24k(tmp_path_factory) -> list[str]:
 
 def speech_run(tmp_path: Path, speech: list[str], *extra: str) -> list[str]:
     return [
-        "experiment=bigvgan_v2_24k_100band", *TINY, *speech, *paths(tmp_path), *QUIET,
+        "experiment=bigvgan_v2_24k_100band", *TINY, *speech, *path_overrides(tmp_path), *QUIET,
         "logger=csv", "trainer.log_every_n_steps=1",
         "data.batch_size=2", "data.val_batch_size=2", "data.segment_size=8192",
         "trainer.max_steps=60", "trainer.val_check_interval=60",
@@ -203,7 +195,7 @@ def test_v2_multiscale_mel_loss_has_bigvgans_settings():
 def test_experiment_fast_dev_run_narrowed(tmp_path, name):
     probe = compose_config([f"experiment={name}"])
     overrides = [
-        f"experiment={name}", "debug=fdr", *narrow(probe.model), *paths(tmp_path), *QUIET, "~logger",
+        f"experiment={name}", "debug=fdr", *narrow(probe.model), *path_overrides(tmp_path), *QUIET, "~logger",
         *synthetic_lists(tmp_path, probe.features.sampling_rate),
         "data.batch_size=1", f"data.segment_size={8 * probe.features.hop_size * 4}", "data.max_val_seconds=0.5",
     ]
@@ -216,7 +208,7 @@ def test_experiment_fast_dev_run_narrowed(tmp_path, name):
 
 def test_tiny_with_the_v2_recipe_composes_and_fast_dev_runs(tmp_path):
     cfg = compose_config([
-        "experiment=bigvgan_v2_24k_100band", *TINY, "debug=fdr", *paths(tmp_path), *QUIET, "~logger",
+        "experiment=bigvgan_v2_24k_100band", *TINY, "debug=fdr", *path_overrides(tmp_path), *QUIET, "~logger",
         *synthetic_lists(tmp_path, 24000), "data.batch_size=1", "data.segment_size=8192", "data.max_val_seconds=0.5",
     ])
     model = instantiate(cfg.model)
@@ -228,7 +220,7 @@ def test_tiny_with_the_v2_recipe_composes_and_fast_dev_runs(tmp_path):
 def test_tiny_short_cpu_run(tmp_path):
     cfg = compose_config([
         "model=bigvgan_tiny", "features=bigvgan_24k", "data=filelist", *synthetic_lists(tmp_path, 24000),
-        *paths(tmp_path), *QUIET, "logger=csv", "trainer.log_every_n_steps=1",
+        *path_overrides(tmp_path), *QUIET, "logger=csv", "trainer.log_every_n_steps=1",
         "data.batch_size=1", "data.segment_size=4096", "data.max_val_seconds=0.5",
         "trainer.max_steps=4", "trainer.val_check_interval=4", "callbacks.model_checkpoint.every_n_train_steps=4",
     ])
@@ -363,7 +355,7 @@ def test_init_from_an_official_checkpoint(tmp_path, run, path, fixture, rate):
 
     # And a few steps train from there.
     cfg = compose_config([
-        *run, *paths(tmp_path), *QUIET, "~logger", "data=filelist", *synthetic_lists(tmp_path, rate),
+        *run, *path_overrides(tmp_path), *QUIET, "~logger", "data=filelist", *synthetic_lists(tmp_path, rate),
         "data.batch_size=1", "data.segment_size=4096", "data.max_val_seconds=0.5",
         "trainer.max_steps=2", "trainer.val_check_interval=2",
         f"init_from={path}",

@@ -25,6 +25,7 @@ from melvoc.callbacks import MediaCallback, MelMetricCallback
 from melvoc.features import MelConfig
 from melvoc.runs import process_rank, run_id
 from melvoc.training import instantiate_group, required_keys, resolve_ckpt_path, validate_config
+from tests.conftest import path_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -47,14 +48,6 @@ def plain_launch(monkeypatch):
     run_id.cache_clear()
     yield
     run_id.cache_clear()
-
-
-def path_overrides(tmp_path: Path) -> list[str]:
-    return [
-        f"paths.log_dir={tmp_path / 'logs'}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        f"paths.output_dir={tmp_path / 'run'}",
-    ]
 
 
 def hop_of(model_cfg) -> int:

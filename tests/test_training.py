@@ -18,6 +18,7 @@ import torch
 from melvoc.data.synthetic import SyntheticSpec, make_synthetic_dataset
 from melvoc.runs import run_id
 from melvoc.training import LAST_CKPT, format_summary, train
+from tests.conftest import path_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER_ENV = (
@@ -56,9 +57,7 @@ def data_overrides(speech_dir: Path) -> list[str]:
 
 def run_overrides(tmp_path: Path, speech_dir: Path, *extra: str) -> list[str]:
     return [
-        f"paths.log_dir={tmp_path / 'logs'}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        f"paths.output_dir={tmp_path / 'run'}",
+        *path_overrides(tmp_path),
         *data_overrides(speech_dir),
         "logger=csv",
         "trainer.log_every_n_steps=1",
