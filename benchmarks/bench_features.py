@@ -91,6 +91,43 @@ def best_ms(
     return {**best, "_rounds": per_round, "_faults": {k: v / (rounds * iters) for k, v in faults.items()}}
 
 
+class MachineLoad:
+    """CPU time the rest of the machine used while this process was timed, from ``/proc/stat`` (Linux).
+
+    A contender's time is only comparable to a quiet machine's when nothing else ran: on a 2-core VM
+    a process holding one core (or the hypervisor stealing it) makes every 2-thread call wait for
+    its second thread. ``share()`` is (other processes, hypervisor steal) as fractions of all CPUs'
+    time since the object was made, or ``None`` where ``/proc/stat`` does not exist.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[list[int], float] | None:
+        try:
+            with open("/proc/stat") as stat:
+                fields = [int(v) for v in stat.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return fields, usage.ru_utime + usage.ru_stime
+
+    def share(self) -> tuple[float, float] | None:
+        end = self._sample()
+        if self._start is None or end is None:
+            return None
+        (before, own_before), (after, own_after) = self._start, end
+        delta = [a - b for a, b in zip(after, before)]  # user nice system idle iowait irq softirq steal
+        total = sum(delta)
+        if total <= 0:
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = (delta[0] + delta[1] + delta[2] + delta[5] + delta[6]) / tick
+        others = max(0.0, busy - (own_after - own_before)) / (total / tick)
+        return others, delta[7] / total
+
+
 def paired_ratio(times: dict[str, object], slow: str, fast: str) -> float:
     """Median over rounds of ``slow / fast``, each pair timed back to back (robust to a drifting machine)."""
     rounds = [r for r in times["_rounds"] if slow in r and fast in r]  # type: ignore[union-attr]
@@ -176,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     # them, because its BLAS threads keep spinning after each call and would slow whatever runs next.
     torch_peers = {k: f for k, f in peers.items() if k != "librosa"}
     rows = []
+    load = MachineLoad()
     with torch.no_grad():
         for case, audio in (("forward, batch 16 x 8192", batch), ("forward, one 10 s utterance", utterance)):
             times = best_ms({k: (lambda f=f: f(audio)) for k, f in torch_peers.items()}, args.iters, args.rounds, sync, clock)
@@ -220,6 +258,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{case}: " + ", ".join(f"{n} {times['_faults'][n]:.0f}" for n in names if n in times["_faults"])
         for case, times in rows
     ))
+    share = load.share()
+    if share is not None:
+        others, steal = share
+        print(f"\nCPU time not ours while timing: other processes {others:.0%}, hypervisor steal {steal:.0%}")
+        if others + steal > 0.1:
+            print(
+                "warning: the machine was busy; these times are not a quiet machine's, and the ratios move "
+                "(2-thread calls wait for a core that something else holds). Rerun when it is idle."
+            )
     if legacy is None:
         print("\n(no original to compare with: pass --reference PATH/mel_processing.py)")
     return 0
