@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -15,6 +19,7 @@ from melvoc import features as F
 from melvoc import features_fast as FF
 from melvoc.features import MelConfig, MelSpectrogram, mel_spectrogram, num_frames
 
+from .conftest import REPO
 from .test_features import PRESETS, VITS, preset_config
 
 SHAPES = {"(T,)": lambda a: a[0], "(B, T)": lambda a: a, "(B, 1, T)": lambda a: a.unsqueeze(1)}
@@ -211,24 +216,18 @@ def test_autocast_and_half_input_take_the_fast_path_in_float32(dtype: torch.dtyp
 
 def test_feature_benchmark_times_every_case_and_reports_the_machine_load() -> None:
     """``benchmarks/bench_features.py`` runs (one round) and says how busy the machine was; no time is asserted."""
-    import re
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parents[1]
     result = subprocess.run(
-        [sys.executable, str(repo / "benchmarks" / "bench_features.py"), "--rounds", "1", "--iters", "1"],
-        capture_output=True, text=True, timeout=300, cwd=repo,
+        [sys.executable, str(REPO / "benchmarks" / "bench_features.py"), "--rounds", "1", "--iters", "1"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| forward")]
     assert [row.split("|")[1].strip() for row in rows] == [
         "forward, batch 16 x 8192", "forward, one 10 s utterance", "forward+backward, batch 16 x 8192",
     ]
-    if (repo.parent / "shared" / "seed" / "mel_processing.md").exists():
+    if (REPO.parent / "shared" / "seed" / "mel_processing.md").exists():
         assert all(re.search(r"\| \d+\.\d\dx \|$", row) for row in rows), rows  # a ratio against the original
     load = re.search(r"other processes (\d+)%, hypervisor steal (\d+)%", result.stdout)
-    if Path("/proc/stat").exists():
+    if os.path.exists("/proc/stat"):
         assert load is not None, result.stdout
         assert all(0 <= int(v) <= 100 for v in load.groups())
