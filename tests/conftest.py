@@ -35,3 +35,14 @@ def compose_cfg():
     """``compose_cfg(["features=bigvgan_24k", ...]) -> DictConfig``."""
     yield compose_config
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def original(tmp_path_factory):
+    """The original ``mel_processing`` functions, loaded live from ``../shared/seed/mel_processing.md``.
+
+    Skips, saying so, in a clone without ``../shared``.
+    """
+    from ._golden import original_module
+
+    return original_module(tmp_path_factory.mktemp("original"))

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import inspect
-import json
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import librosa
 import numpy as np
@@ -28,10 +26,7 @@ from melvoc.compat import (
 )
 from melvoc.features import MelConfig
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-GOLDEN = np.load(FIXTURES / "seed_mel_golden.npz")
-GOLDEN_META = json.loads((FIXTURES / "seed_mel_golden.json").read_text())
-CONFIGS = GOLDEN_META["configs"]
+from ._golden import CONFIGS, float32_log_mel_bound, golden, original_mel_float32
 
 
 def mel_args(p: dict) -> tuple:
@@ -50,10 +45,6 @@ def filterbank_args(p: dict) -> tuple:
     return (p["n_fft"], p["num_mels"], p["sampling_rate"], p["fmin"], p["fmax"])
 
 
-def golden(name: str, key: str) -> torch.Tensor:
-    return torch.from_numpy(GOLDEN[f"{name}/{key}"])
-
-
 @pytest.fixture
 def range_check_on(monkeypatch):
     """Range check enabled whatever the environment says, restored afterwards."""
@@ -67,15 +58,23 @@ def test_golden_covers_the_six_configs_including_center():
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_mel_spectrogram_matches_golden(name):
+    """float64 within 1e-10 of the golden data; float32 within the derived float32 bound of it (any host)."""
     p = CONFIGS[name]
     wav = golden(name, "wav")
     mel32 = mel_spectrogram_torch(wav, *mel_args(p))
     mel64 = mel_spectrogram_torch(wav.double(), *mel_args(p))
-    expected32, expected64 = golden(name, "mel_f32"), golden(name, "mel_f64")
+    expected64 = golden(name, "mel_f64")
     assert mel32.dtype == torch.float32 and mel64.dtype == torch.float64
-    assert mel32.shape == expected32.shape and mel64.shape == expected64.shape
-    assert (mel32 - expected32).abs().max() <= 1e-5
+    assert mel32.shape == expected64.shape and mel64.shape == expected64.shape
     assert (mel64 - expected64).abs().max() <= 1e-10
+    assert bool(((mel32.double() - expected64).abs() <= float32_log_mel_bound(name)).all())
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_mel_spectrogram_float32_equals_the_original_on_this_host(original, name):
+    expected = original_mel_float32(original, name)
+    mel32 = mel_spectrogram_torch(golden(name, "wav"), *mel_args(CONFIGS[name]))
+    assert mel32.shape == expected.shape and (mel32 - expected).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -102,14 +101,27 @@ def test_center_keyword_is_honoured():
     assert mel_spectrogram_torch(wav, *args).shape[-1] != centred.shape[-1]
 
 
+def within_ulps(actual: torch.Tensor, expected: torch.Tensor, ulps: int) -> bool:
+    """``|actual - expected| <= ulps`` units in the last place of ``expected`` (its own dtype)."""
+    spacing = torch.from_numpy(np.spacing(np.abs(expected.numpy())))
+    return actual.dtype == expected.dtype and bool(((actual - expected).abs() <= ulps * spacing).all())
+
+
 def test_dynamic_range_functions_match_golden():
+    """exp/log are not bit-equal across hosts (each libm is within 1 ulp of the true value, so two hosts are
+    within 2 ulp); bit-equality holds against the same expression in this process."""
     x = golden("compression", "input")
-    assert torch.equal(dynamic_range_compression_torch(x), golden("compression", "log"))
-    assert torch.equal(dynamic_range_compression_torch(x, C=10), golden("compression", "log_C10"))
-    assert torch.equal(dynamic_range_compression_torch(x, 10), golden("compression", "log_C10"))
-    assert torch.equal(dynamic_range_decompression_torch(x), golden("compression", "exp"))
-    assert torch.equal(spectral_normalize_torch(x), golden("compression", "log"))
-    assert torch.equal(spectral_de_normalize_torch(x), golden("compression", "exp"))
+    log, log_c10, exp = golden("compression", "log"), golden("compression", "log_C10"), golden("compression", "exp")
+    assert within_ulps(dynamic_range_compression_torch(x), log, 2)
+    assert within_ulps(dynamic_range_compression_torch(x, C=10), log_c10, 2)
+    assert within_ulps(dynamic_range_decompression_torch(x), exp, 2)
+    assert within_ulps(spectral_normalize_torch(x), log, 2)
+    assert within_ulps(spectral_de_normalize_torch(x), exp, 2)
+    assert torch.equal(dynamic_range_compression_torch(x), torch.log(torch.clamp(x, min=1e-5)))
+    assert torch.equal(dynamic_range_compression_torch(x, 10), dynamic_range_compression_torch(x, C=10))
+    assert torch.equal(dynamic_range_compression_torch(x, C=10), torch.log(torch.clamp(x, min=1e-5) * 10))
+    assert torch.equal(dynamic_range_decompression_torch(x), torch.exp(x))
+    assert torch.equal(spectral_de_normalize_torch(x), dynamic_range_decompression_torch(x))
     floor = dynamic_range_compression_torch(torch.zeros(3), clip_val=1e-7)
     assert torch.allclose(floor, torch.full((3,), float(np.log(np.float32(1e-7)))))
     round_trip = dynamic_range_decompression_torch(dynamic_range_compression_torch(x, C=10), C=10)
