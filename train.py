@@ -6,18 +6,29 @@
     python train.py trainer=ddp trainer.devices=4     # DDP; see conf/trainer/ddp.yaml
 
 All logic lives in :mod:`melvoc.training`; this file only hands it the composed config and prints
-the closing summary (on rank 0).
+the closing summary (on rank 0), or a known error's message and fix without a traceback
+(``HYDRA_FULL_ERROR=1`` keeps the traceback).
 """
+
+import os
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from melvoc.training import format_summary, train
+from melvoc.training import format_summary, train, user_error_message
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except Exception as error:
+        message = user_error_message(error)
+        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"Error: {message}\n(the traceback: HYDRA_FULL_ERROR=1 python train.py ...)", file=sys.stderr, flush=True)
+        sys.exit(1)
     if result.is_global_zero:
         print(format_summary(result), flush=True)
     # The value an optimizing sweeper (hydra --multirun) would minimize.

@@ -434,3 +434,50 @@ def test_train_checks_ckpt_path_before_building_anything(compose_cfg, tmp_path, 
     with pytest.raises(FileNotFoundError, match="ckpt_path=last"):
         training.train(cfg)
     assert built == []
+
+
+def test_invalid_feature_value_names_the_key_the_user_typed(compose_cfg, tmp_path):
+    cfg = compose_cfg(["features.n_fft=-5", *path_overrides(tmp_path)])
+    with pytest.raises(training.ConfigError, match=r"^features\.n_fft=-5: must be > 0$"):
+        validate_config(cfg)
+    cfg = compose_cfg(["+features.hop=3", *path_overrides(tmp_path)])
+    with pytest.raises(training.ConfigError, match=r"^features: unknown MelConfig field\(s\) \['hop'\]"):
+        validate_config(cfg)
+
+
+def test_cli_known_errors_print_the_message_and_fix_without_a_traceback(tmp_path):
+    """A bad config value and bad data: one message with the fix; the traceback only with HYDRA_FULL_ERROR=1."""
+    bad_value = run_cli("features.n_fft=-5", f"paths.root_dir={tmp_path}", cwd=tmp_path)
+    assert bad_value.returncode == 1
+    assert "Error: features.n_fft=-5: must be > 0" in bad_value.stderr
+    assert "Traceback" not in bad_value.stderr and "full_key: model" not in bad_value.stderr
+    assert "HYDRA_FULL_ERROR=1" in bad_value.stderr
+
+    missing = tmp_path / "no_such_folder"
+    bad_data = run_cli("data=filelist", f"data.train_filelist={missing}", "validate_before_fit=false",
+                       "trainer.max_steps=1", f"paths.root_dir={tmp_path}", cwd=tmp_path)
+    assert bad_data.returncode == 1
+    assert f"Error: {missing}: data source not found" in bad_data.stderr and "data.train_filelist" in bad_data.stderr
+    assert "Traceback" not in bad_data.stderr
+
+    full = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "features.n_fft=-5", f"paths.root_dir={tmp_path}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "1"},
+    )
+    assert full.returncode != 0 and "Traceback" in full.stderr and "ConfigError" in full.stderr
+
+
+def test_user_error_message_keeps_bugs_as_tracebacks():
+    """Only melvoc's own checks and config errors count as user errors; anything else is a bug."""
+    def ours():
+        validate_config(OmegaConf.create({"data": {"_target_": "x"}, "model": None, "trainer": {"_target_": "y"}}))
+
+    with pytest.raises(training.ConfigError) as error:
+        ours()
+    assert training.user_error_message(error.value) == "config group `model` must be a node with `_target_`, got None"
+    with pytest.raises(ValueError) as foreign:
+        int("x")
+    assert training.user_error_message(foreign.value) is None
+    with pytest.raises(MissingMandatoryValue) as missing:
+        OmegaConf.create({"a": "???"}).a  # noqa: B018
+    assert training.user_error_message(missing.value).startswith("MissingMandatoryValue: Missing mandatory value: a")

@@ -173,3 +173,20 @@ def test_checkpoint_copy_synthesis_scores_the_validation_audio(tmp_path_factory,
         expected = score(reference[:n], predicted[:n], 22050, ("mstft", "mcd"))
         assert set(row) == {"name", *expected}
         assert {k: v for k, v in row.items() if k != "name"} == pytest.approx(expected, rel=1e-6)
+
+
+def test_checkpoint_report_without_synthesized_dir_plays_the_synthesized_audio(tmp_path_factory, tmp_path, capsys):
+    """``--checkpoint`` with ``--report`` and no ``--synthesized-dir``: the temporary copy-synthesis folder
+    outlives the report, which embeds its audio (it used to fail with ``<tmp>/last/<clip>.wav: file not found``)."""
+    from tests._trained import one_thread, trained_run
+
+    run = trained_run(tmp_path_factory)
+    report, out = tmp_path / "ab.html", tmp_path / "ab.json"
+    with one_thread():
+        code = main([str(run.val_list), "--checkpoint", str(run.checkpoint), "--metrics", "mcd",
+                     "--report", str(report), "--json", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    clips = len(json.loads(out.read_text())["files"])
+    page = report.read_text()
+    assert clips >= 1 and page.count("data:audio/wav;base64,") == 2 * clips  # reference + the checkpoint
+    assert f"<th>{run.checkpoint.stem}</th>" in page

@@ -242,3 +242,22 @@ def test_mean_ci95():
     assert (mean, n) == (2.0, 3)
     assert half == pytest.approx(4.302652729911275 * 1.0 / np.sqrt(3))
     assert mean_ci95([]) == pytest.approx((float("nan"), float("nan"), 0), nan_ok=True)
+
+
+def test_without_the_pesq_package_pesq_is_refused_with_the_fix_and_the_rest_works(clips, monkeypatch):
+    """pesq is optional (it builds from source): where it is absent, asking for it names the two ways out."""
+    from melvoc import metrics
+    from melvoc.callbacks import QualityMetricsCallback
+    from melvoc.metrics import perceptual
+
+    monkeypatch.setattr(metrics, "pesq_available", lambda: False)
+    monkeypatch.setattr(perceptual, "pesq_available", lambda: False)
+    with pytest.raises(ValueError, match=r"pesq package is not installed.*C compiler.*melvoc\[pesq\]") as error:
+        parse_metrics("pesq,mcd")
+    assert "callbacks.quality.metrics=[mstft,mcd,periodicity,vuv_f1]" in str(error.value)
+    with pytest.raises(ValueError, match="pesq package is not installed"):
+        QualityMetricsCallback(sampling_rate=22050)
+    with pytest.raises(ModuleNotFoundError, match=r"melvoc\[pesq\]"):
+        pesq(clips["reference"][0], clips["reference"][0], 22050)
+    assert parse_metrics("mstft,mcd") == ("mstft", "mcd")
+    assert set(score(clips["reference"][0], clips["reference"][0], 22050, ("mstft", "mcd"))) == {"mstft", "mcd"}

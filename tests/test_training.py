@@ -247,6 +247,36 @@ def test_cli_resume_after_sigkill(tmp_path, speech_dir):
     assert min(s for s, _ in series(metrics(resumed_run), "train/loss_g")) >= killed_step
 
 
+def test_cli_folder_without_validation_set_holds_out_clips_and_says_what_it_chose(tmp_path, speech_dir):
+    """A folder of wavs and nothing else: a few clips are held out for validation, the loader workers come
+    from the usable cores (no torch warning), and the summary says both and where the media went."""
+    from melvoc.data.datamodule import auto_num_workers, auto_val_count
+
+    (tmp_path / "wavs").mkdir()
+    wavs = sorted((speech_dir / "wavs").glob("*.wav"))
+    for wav in wavs:
+        (tmp_path / "wavs" / wav.name).write_bytes(wav.read_bytes())
+    logs = tmp_path / "logs"
+    proc = run_cli(
+        "data=filelist", f"data.train_filelist={tmp_path / 'wavs'}", "data.batch_size=2", "data.segment_size=4096",
+        "logger=csv", "task_name=folder", "trainer.max_steps=2", "trainer.val_check_interval=2",
+        "callbacks.quality=null", "callbacks.media.num_media=1", f"paths.log_dir={logs}",
+        f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path,
+    )
+    out = proc.stdout
+    (run_dir,) = run_dirs(logs, "folder")
+    held_out = auto_val_count(len(wavs))
+    assert (f"validation     {held_out} of {len(wavs)} clips held out of data.train_filelist "
+            "(data.val_count=auto, split_seed=1234") in out
+    workers, cores = auto_num_workers(1)
+    assert f"loader workers {workers} per process (num_workers=auto: {cores} usable cores" in out
+    assert "suggested max number of worker" not in proc.stderr
+    media = run_dir / "csv" / "media"
+    assert f"media          PNG + WAV files: {media}/epoch=NNN/" in out
+    assert list(media.glob("epoch=*/*.png")) and list(media.glob("epoch=*/*.wav"))
+    assert re.search(r"melvoc training finished: 2 steps, \d+ epoch\(s\), \d+m\d\ds", out)
+
+
 @pytest.mark.slow
 def test_cli_ddp_two_cpu_processes_write_one_run_folder(tmp_path, speech_dir):
     logs = tmp_path / "logs"

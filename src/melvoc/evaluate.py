@@ -200,7 +200,8 @@ def evaluate(
         pitch_model: CREPE capacity for the pitch metrics.
         device: torch device for CREPE and synthesis.
         synthesized_dir: where copy-synthesis writes ``<checkpoint stem>/<stem>.wav`` (default: a
-            temporary folder, removed afterwards).
+            temporary folder, removed before this returns, so the returned ``paths`` of those sets no
+            longer exist: give a folder to keep them, e.g. for :func:`write_report`).
         progress: tqdm bars (``None``: only on a terminal).
 
     Returns:
@@ -495,21 +496,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _evaluate_parser().parse_args(argv)
     try:
         metrics = parse_metrics(args.metrics)
-        sets = evaluate(
-            args.reference, args.predicted, checkpoints=args.checkpoint, metrics=metrics,
-            sampling_rate=args.sampling_rate, hop_size=args.hop_size, resample=args.resample,
-            pitch_model=args.pitch_model, device=args.device, synthesized_dir=args.synthesized_dir,
-            progress=False if args.quiet else None,
-        )
-        print(format_table(sets, metrics))
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(to_json(sets, metrics), indent=2) + "\n", encoding="utf-8")
-            print(f"wrote {args.json}")
-        if args.report:
-            write_report(args.report, args.reference, sets, metrics, sampling_rate=args.sampling_rate,
-                         media_files=args.report_files)
-            print(f"wrote {args.report}")
+        # The report plays the synthesized audio: without --synthesized-dir it lives in a temporary
+        # folder that must outlast the report.
+        with tempfile.TemporaryDirectory(prefix="melvoc-evaluate-") as scratch:
+            sets = evaluate(
+                args.reference, args.predicted, checkpoints=args.checkpoint, metrics=metrics,
+                sampling_rate=args.sampling_rate, hop_size=args.hop_size, resample=args.resample,
+                pitch_model=args.pitch_model, device=args.device,
+                synthesized_dir=args.synthesized_dir or scratch, progress=False if args.quiet else None,
+            )
+            print(format_table(sets, metrics))
+            if args.json:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(to_json(sets, metrics), indent=2) + "\n", encoding="utf-8")
+                print(f"wrote {args.json}")
+            if args.report:
+                write_report(args.report, args.reference, sets, metrics, sampling_rate=args.sampling_rate,
+                             media_files=args.report_files)
+                print(f"wrote {args.report}")
     except (FileNotFoundError, ValueError) as error:  # EvaluationError, AudioDataError, checkpoint and synthesis errors
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -22,19 +22,24 @@ from __future__ import annotations
 import logging
 import os
 import time
+import traceback
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Optional, TypeVar
 
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+import melvoc
+from melvoc.features import MelConfig
 
 # Importing melvoc.runs registers the melvoc.* resolvers that train.py's config needs before
 # @hydra.main composes it; process_rank and run_id are re-exported for code that imported them here.
@@ -47,6 +52,7 @@ VAL_METRIC = "val/mel_l1"
 LAST_CKPT = "last.ckpt"
 
 __all__ = [
+    "ConfigError",
     "TrainingResult",
     "format_summary",
     "instantiate_group",
@@ -55,8 +61,37 @@ __all__ = [
     "resolve_ckpt_path",
     "run_id",
     "train",
+    "user_error_message",
     "validate_config",
 ]
+
+
+class ConfigError(ValueError):
+    """A config value that cannot train; the message names the key as the user types it and the fix."""
+
+
+_PACKAGE_DIR = str(Path(melvoc.__file__).resolve().parent)
+
+
+def user_error_message(error: BaseException) -> Optional[str]:
+    """The message of a known user error (bad config or data), else ``None`` (a bug: keep the traceback).
+
+    Known: OmegaConf's config errors (missing value, interpolation, unknown key), and ``ValueError`` /
+    ``FileNotFoundError`` raised by melvoc's own checks (their messages name the file or key, the value
+    and the fix), also when Hydra's ``instantiate`` wrapped them (the message then says which config node).
+    """
+    node = ""
+    if isinstance(error, InstantiationException) and error.__cause__ is not None:
+        full_key = str(error).rsplit("full_key:", 1)[-1].strip() if "full_key:" in str(error) else ""
+        node = f" (while building `{full_key}`)" if full_key else ""
+        error = error.__cause__
+    if isinstance(error, OmegaConfBaseException):
+        return f"{type(error).__name__}: {error}".split("\n    full_key:")[0]
+    if isinstance(error, (ValueError, FileNotFoundError)):
+        frames = traceback.extract_tb(error.__traceback__)
+        if frames and str(Path(frames[-1].filename).resolve()).startswith(_PACKAGE_DIR):
+            return f"{error}{node}"
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -88,8 +123,9 @@ def validate_config(cfg: DictConfig) -> None:
         MissingMandatoryValue: a required value (``???`` or ``${melvoc.required:}``, e.g.
             ``data.train_filelist`` of an experiment) was not given; the message lists all of them.
         omegaconf.errors.InterpolationResolutionError: an interpolation does not resolve.
-        ValueError: ``loss_features`` and ``features`` disagree on the sampling rate, or a group is
-            not an instantiable node.
+        ConfigError: a ``features`` / ``loss_features`` field is invalid (named as typed:
+            ``features.n_fft=-5``), they disagree on the sampling rate, or a group is not an
+            instantiable node.
     """
     missing = required_keys(cfg)
     if missing:
@@ -104,24 +140,34 @@ def validate_config(cfg: DictConfig) -> None:
     for group in ("data", "model", "trainer"):
         node = cfg.get(group)
         if not isinstance(node, Mapping) or "_target_" not in node:
-            raise ValueError(f"config group `{group}` must be a node with `_target_`, got {node!r}")
+            raise ConfigError(f"config group `{group}` must be a node with `_target_`, got {node!r}")
     for group in ("callbacks", "logger"):
         node = cfg.get(group)
         if node is None:
             continue
         if not isinstance(node, Mapping):
-            raise ValueError(f"config group `{group}` must map names to `_target_` nodes, got {node!r}")
+            raise ConfigError(f"config group `{group}` must map names to `_target_` nodes, got {node!r}")
         for name, entry in node.items():
             if entry is not None and (not isinstance(entry, Mapping) or "_target_" not in entry):
-                raise ValueError(
+                raise ConfigError(
                     f"{group}.{name} is not a `_target_` node: {entry!r} "
                     f"(disable it with {group}.{name}=null)"
                 )
 
+    # Checked here, where the key the user typed is known: inside the model they would be an error of `model`.
+    for group in ("features", "loss_features"):
+        node = cfg.get(group)
+        if isinstance(node, Mapping):
+            try:
+                MelConfig.coerce(node)
+            except (ValueError, TypeError) as error:
+                text = str(error)
+                raise ConfigError(text.replace("MelConfig.", f"{group}.") if "MelConfig." in text
+                                  else f"{group}: {text}") from None
     features, loss_features = cfg.get("features"), cfg.get("loss_features")
     if features is not None and loss_features is not None:
         if features.sampling_rate != loss_features.sampling_rate:
-            raise ValueError(
+            raise ConfigError(
                 f"loss_features.sampling_rate={loss_features.sampling_rate} differs from "
                 f"features.sampling_rate={features.sampling_rate}: the loss compares mels of the "
                 "same audio, so both must use the audio's rate"
@@ -241,6 +287,10 @@ class TrainingResult:
     best_checkpoint: Path | None = None
     best_val_mel_l1: float | None = None
     log_dirs: dict[str, Path] = field(default_factory=dict)
+    #: What the data module chose for the user (validation source, loader workers), by topic.
+    data_choices: dict[str, str] = field(default_factory=dict)
+    #: Where the media callbacks wrote pictures and audio, one line per destination.
+    media: list[str] = field(default_factory=list)
     is_global_zero: bool = True
     interrupted: bool = False
     fast_dev_run: bool = False
@@ -307,6 +357,8 @@ def train(cfg: DictConfig) -> TrainingResult:
         best_checkpoint=Path(best_cb.best_model_path) if best_cb and best_cb.best_model_path else None,
         best_val_mel_l1=float(best_cb.best_model_score) if best_cb and best_cb.best_model_score is not None else None,
         log_dirs={type(lg).__name__: Path(lg.log_dir) for lg in trainer.loggers if getattr(lg, "log_dir", None)},
+        data_choices=dict(getattr(datamodule, "summary", {})),
+        media=[line for cb in callbacks for line in getattr(cb, "written_to", {}).values()],
         is_global_zero=trainer.is_global_zero,
         interrupted=trainer.interrupted,
         fast_dev_run=bool(trainer.fast_dev_run),
@@ -378,4 +430,8 @@ def format_summary(result: TrainingResult) -> str:
             lines.append(f"  tensorboard    tensorboard --logdir {directory}")
         else:
             lines.append(f"  {name:<14} {directory}")
+    for line in result.media:
+        lines.append(f"  media          {line}")
+    for topic, choice in result.data_choices.items():
+        lines.append(f"  {topic:<14} {choice}")
     return "\n".join(lines)

@@ -81,6 +81,8 @@ class MediaCallback(Callback):
         self._mels = MelLoss(self.config)
         self._clips: list[_Clip] = []
         self._collect = False
+        #: Where media went so far, one human-readable line per destination (the run summary prints them).
+        self.written_to: dict[str, str] = {}
 
     # Every hook passes the call on (super()), so that MelLossCallback runs both of its parents.
 
@@ -157,6 +159,7 @@ class MediaCallback(Callback):
         file_dirs: list[Path] = []
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
+                self.written_to["tensorboard"] = f"TensorBoard, tab IMAGES/AUDIO, val_media/: {logger.log_dir}"
                 writer = logger.experiment
                 for tag, clip, image in zip(tags, self._clips, images):
                     writer.add_image(f"val_media/{tag}/mel", image, step, dataformats="HWC")
@@ -168,6 +171,7 @@ class MediaCallback(Callback):
                             sample_rate=sr,
                         )
             elif isinstance(logger, WandbLogger):
+                self.written_to["wandb"] = f"Weights & Biases run {logger.name}/{logger.version}, val_media/"
                 captions = [clip.name for clip in self._clips]
                 logger.log_image("val_media/mel", images=images, step=step, caption=captions)
                 for kind, attribute in (("reference", "audio"), ("predicted", "audio_hat")):
@@ -186,6 +190,7 @@ class MediaCallback(Callback):
         for root in dict.fromkeys(file_dirs):
             folder = root / "media" / f"epoch={trainer.current_epoch:03d}"
             _write_files(folder, tags, self._clips, images, sr)
+            self.written_to[str(root)] = f"PNG + WAV files: {root / 'media'}/epoch=NNN/"
             log.debug("%s: wrote %d clip(s) of media to %s", type(self).__name__, len(tags), folder)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -27,9 +28,39 @@ from melvoc.data.synthetic import SyntheticSpec, make_synthetic_dataset
 from melvoc.features import MelConfig, MelSpectrogram
 from melvoc.loss import pad_like_unpadded
 
-__all__ = ["VocoderDataModule"]
+__all__ = ["VocoderDataModule", "auto_num_workers", "auto_val_count"]
 
 log = logging.getLogger(__name__)
+
+AUTO = "auto"
+
+
+def auto_val_count(num_files: int) -> int:
+    """Clips ``val_count=auto`` holds out of a training source of ``num_files``: 1 in 20, 1 to 8.
+
+    Raises:
+        ValueError: fewer than 2 files (nothing would be left to train on).
+    """
+    if num_files < 2:
+        raise ValueError(
+            f"data.val_count=auto: the training source has {num_files} file(s), too few to hold out "
+            "validation clips; set data.val_filelist"
+        )
+    return min(8, max(1, num_files // 20))
+
+
+def auto_num_workers(processes_per_node: int = 1) -> tuple[int, int]:
+    """``(workers per process, usable cores)`` for ``num_workers=auto``.
+
+    The cores this process may run on (its CPU affinity, not the machine's count), shared by the
+    processes of this node; each process keeps one core for itself, at most 8 workers.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    per_process = cores // max(1, processes_per_node)
+    return min(8, max(0, per_process - 1)), cores
 
 
 class VocoderDataModule(L.LightningDataModule):
@@ -55,11 +86,13 @@ class VocoderDataModule(L.LightningDataModule):
         features: the mel parameters (``MelConfig`` or its fields), interpolated from the features group.
         train_filelist, val_filelist, test_filelist: data sources.
         root: folder that relative filelist paths resolve against (default: the filelist's folder).
-        val_count, val_fraction, split_seed: the split of ``train_filelist`` when no ``val_filelist``.
+        val_count, val_fraction, split_seed: the split of ``train_filelist`` when no ``val_filelist``;
+            ``val_count="auto"`` holds out :func:`auto_val_count` clips unless ``val_fraction`` is set.
         segment_size: training crop in samples, a multiple of ``hop_size``.
         batch_size: training batch size; ``val_batch_size`` for validation/test (default ``batch_size``).
         num_workers, pin_memory, persistent_workers, drop_last: DataLoader settings (``drop_last``
-            applies to training only).
+            applies to training only); ``num_workers="auto"`` chooses from the usable cores
+            (:func:`auto_num_workers`) once the trainer is known.
         resample: resample files at another rate with soxr (off: an error naming file and rates).
         short_clips: ``pad`` / ``drop`` / ``error`` for clips shorter than ``segment_size``.
         on_error: ``raise`` or ``skip`` bad files (skips are logged with count and names).
@@ -79,13 +112,13 @@ class VocoderDataModule(L.LightningDataModule):
         val_filelist: Optional[str] = None,
         test_filelist: Optional[str] = None,
         root: Optional[str] = None,
-        val_count: Optional[int] = None,
+        val_count: Optional[int | str] = None,
         val_fraction: Optional[float] = None,
         split_seed: int = 1234,
         segment_size: int = 8192,
         batch_size: int = 16,
         val_batch_size: Optional[int] = None,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
         drop_last: bool = True,
@@ -135,16 +168,20 @@ class VocoderDataModule(L.LightningDataModule):
         self.val_filelist = val_filelist
         self.test_filelist = test_filelist
         self.root = root
+        if val_count is not None and val_count != AUTO and (isinstance(val_count, bool) or not str(val_count).isdigit()):
+            raise ValueError(f"data.val_count={val_count!r}: must be a number of clips, `auto` or null")
         self.val_count = val_count
         self.val_fraction = val_fraction
         self.split_seed = int(split_seed)
         self.segment_size = int(segment_size)
         self.batch_size = int(batch_size)
         self.val_batch_size = int(val_batch_size) if val_batch_size is not None else self.batch_size
-        self.num_workers = int(num_workers)
+        if num_workers != AUTO and (isinstance(num_workers, bool) or not str(num_workers).isdigit()):
+            raise ValueError(f"data.num_workers={num_workers!r}: must be a number >= 0 or `auto`")
+        self._num_workers = num_workers
         # Pinned memory only helps host-to-GPU copies; on CPU-only machines torch warns about it.
         self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
-        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+        self._persistent_workers = bool(persistent_workers)
         self.drop_last = bool(drop_last)
         self.on_error = check_on_error(on_error)
         self._dataset_kwargs: dict[str, Any] = dict(
@@ -163,6 +200,26 @@ class VocoderDataModule(L.LightningDataModule):
         self.test_dataset: Optional[AudioDataset] = None
         self._mel: Optional[MelSpectrogram] = None
         self._framed_mel: Optional[MelSpectrogram] = None
+        #: What was chosen for the user (validation source, loader workers), for the run summary.
+        self.summary: dict[str, str] = {}
+
+    @property
+    def num_workers(self) -> int:
+        """Loader workers per process; ``auto`` is resolved on first use, once the trainer (and so
+        the number of processes on this node) is known, and logged."""
+        if self._num_workers != AUTO:
+            return int(self._num_workers)
+        processes = self.trainer.num_devices if self.trainer is not None else 1
+        workers, cores = auto_num_workers(processes)
+        self._num_workers = workers
+        chosen = f"{workers} per process (num_workers=auto: {cores} usable cores, {processes} process(es) on this node)"
+        self.summary["loader workers"] = chosen
+        log.info("data loader workers: %s", chosen)
+        return workers
+
+    @property
+    def persistent_workers(self) -> bool:
+        return self._persistent_workers and self.num_workers > 0
 
     # ------------------------------------------------------------------ sources
     def _ensure_synthetic(self) -> None:
@@ -188,8 +245,14 @@ class VocoderDataModule(L.LightningDataModule):
             raw = {split: [e for e in entries if e.path.is_file()] for split, entries in raw.items()}
         sources = dict(raw)
         if "train" in raw and "val" not in raw and (self.val_count is not None or self.val_fraction is not None):
-            sources["train"], sources["val"] = split_entries(
-                raw["train"], self.val_count, self.val_fraction, self.split_seed
+            count = self.val_count
+            if count == AUTO:
+                count = None if self.val_fraction is not None else auto_val_count(len(raw["train"]))
+            sources["train"], sources["val"] = split_entries(raw["train"], count, self.val_fraction, self.split_seed)
+            how = f"val_count={self.val_count}" if count is not None else f"val_fraction={self.val_fraction}"
+            self.summary["validation"] = (
+                f"{len(sources['val'])} of {len(raw['train'])} clips held out of data.train_filelist "
+                f"(data.{how}, split_seed={self.split_seed}; data.val_filelist or data.val_count to choose)"
             )
         return sources
 

@@ -23,7 +23,7 @@ from scipy import stats
 from torch import Tensor
 
 from melvoc.metrics.crepe import CREPE_MODELS, load_crepe
-from melvoc.metrics.perceptual import pesq
+from melvoc.metrics.perceptual import PESQ_MISSING, pesq, pesq_available
 from melvoc.metrics.pitch import PitchTrack, f0_rmse, periodicity, pitch_scores, pitch_track, vuv_f1
 from melvoc.metrics.spectral import mcd, mstft
 
@@ -42,6 +42,7 @@ __all__ = [
     "parse_metrics",
     "periodicity",
     "pesq",
+    "pesq_available",
     "pitch_scores",
     "pitch_track",
     "score",
@@ -60,7 +61,12 @@ _SPECTRAL: dict[str, Callable[[Audio, Audio, int], float]] = {"pesq": pesq, "mst
 
 
 def parse_metrics(names: Union[str, Sequence[str]]) -> tuple[str, ...]:
-    """``"pesq,mcd"`` or a sequence -> a tuple of known names in the given order (ValueError otherwise)."""
+    """``"pesq,mcd"`` or a sequence -> a tuple of known names in the given order.
+
+    Raises:
+        ValueError: an unknown name, no name, or ``pesq`` where the optional ``pesq`` package is absent
+            (the message says how to install it or leave it out).
+    """
     items = [n.strip() for n in names.split(",")] if isinstance(names, str) else [str(n) for n in names]
     items = [n for n in items if n]
     unknown = [n for n in items if n not in ALL_METRICS]
@@ -68,6 +74,8 @@ def parse_metrics(names: Union[str, Sequence[str]]) -> tuple[str, ...]:
         raise ValueError(
             f"metrics {', '.join(unknown) or '(none)'}: choose from {', '.join(ALL_METRICS)}"
         )
+    if "pesq" in items and not pesq_available():
+        raise ValueError(f"metrics {', '.join(items)}: {PESQ_MISSING}")
     return tuple(dict.fromkeys(items))
 
 

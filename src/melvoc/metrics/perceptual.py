@@ -4,16 +4,40 @@ from __future__ import annotations
 
 from typing import Union
 
+import importlib.util
+from types import ModuleType
+
 import numpy as np
-import pesq as pesq_package
 import soxr
 from torch import Tensor
 
-__all__ = ["PESQ_RATE", "pesq"]
+__all__ = ["PESQ_MISSING", "PESQ_RATE", "pesq", "pesq_available"]
 
 Audio = Union[np.ndarray, Tensor]
 
 PESQ_RATE = 16000
+
+#: Why pesq cannot run where the ``pesq`` package is absent, and the two ways out.
+PESQ_MISSING = (
+    "the pesq package is not installed (it has no wheels: pip builds it from source, which needs a C "
+    "compiler): install it with pip install 'melvoc[pesq]' after installing a compiler (Debian/Ubuntu: "
+    "apt-get install gcc python3-dev; macOS: xcode-select --install; Windows: Microsoft C++ Build Tools), "
+    "or leave pesq out of the metrics (e.g. callbacks.quality.metrics=[mstft,mcd,periodicity,vuv_f1], "
+    "python -m melvoc.evaluate ... --metrics mstft,mcd,periodicity,vuv_f1)"
+)
+
+
+def pesq_available() -> bool:
+    """Whether the ``pesq`` package (an optional dependency: ``melvoc[pesq]``) can be imported."""
+    return importlib.util.find_spec("pesq") is not None
+
+
+def _pesq_package() -> ModuleType:
+    if not pesq_available():
+        raise ModuleNotFoundError(f"pesq: {PESQ_MISSING}")
+    import pesq as package
+
+    return package
 
 
 def _mono16k(audio: Audio, sampling_rate: int, name: str) -> np.ndarray:
@@ -48,6 +72,7 @@ def pesq(reference: Audio, predicted: Audio, sampling_rate: int) -> float:
     if not np.any(deg[:n]):
         # The pesq package fails with a NaN conversion error on an all-zero degraded signal.
         raise ValueError("pesq: the prediction is silent (all zeros); PESQ is undefined for it")
+    pesq_package = _pesq_package()
     try:
         return float(pesq_package.pesq(PESQ_RATE, ref[:n], deg[:n], "wb"))
     except pesq_package.PesqError as error:
