@@ -78,10 +78,14 @@ def test_eps_1e8_is_fitted(tmp_path):
 def test_floor_2e6_is_fitted(tmp_path):
     code, data = run(tmp_path, "floor_2e6")
     assert code == 0, data
-    mel = config_of(data, "mel_spectrogram_torch")
-    assert mel.eps == 2e-7 and mel == PRESETS["vits_22k"].replace(eps=2e-7, clip_val=mel.clip_val)
-    # eps 2e-7 keeps silence above the 2e-6 floor here, so the mel leaves clip_val open; the
-    # compression function shows it.
+    # With vits_22k's numbers eps 2e-7 keeps silence at >= 2.0e-5, above both floors (1e-5 and the
+    # copy's 2e-6): the quiet probes (silence and near-silence, also with as many mel bands as STFT
+    # bins, where empty filters sit on the floor) show the copy's floor.
+    vits = PRESETS["vits_22k"]
+    assert config_of(data, "mel_spectrogram_torch") == vits.replace(eps=2e-7, clip_val=2e-6)
+    assert config_of(data, "spec_to_mel_torch") == vits.replace(clip_val=2e-6)
+    assert config_of(data, "spectrogram_torch").eps == 2e-7
+    assert "clip_val=2e-06" in data["functions"]["mel_spectrogram_torch"]["reason"]
     assert data["functions"]["dynamic_range_compression_torch"]["config"] == {"clip_val": 2e-6, "log_base": "e"}
 
 

@@ -9,7 +9,10 @@ Every mel-like function of the copy is run on deterministic audio (in [-1, 1], w
 digital silence; several batch sizes and lengths), in float32 and float64, with the numbers of a
 feature preset (default ``vits_22k``, the original's; presets come from ``conf/features/*.yaml``),
 and compared with :mod:`melvoc.features` under the preset's *whole* config (its ``eps``,
-``clip_val``, log base, mel scale and norm, padding). The functions:
+``clip_val``, log base, mel scale and norm, padding). Mel functions also get quiet probes: silence
+and noise stepping down to 1e-8, with the preset's numbers and with as many mel bands as STFT bins
+(empty filters, 0 before the log whatever the eps): an eps that keeps every usual input above the
+log floor would otherwise leave ``clip_val`` unseen. The functions:
 
 - ``mel_spectrogram_torch``, ``spectrogram_torch``, ``spec_to_mel_torch``, the compression pairs
   ``dynamic_range_(de)compression_torch`` and ``spectral_(de_)normalize_torch``;
@@ -296,6 +299,16 @@ def make_audio(config: MelConfig, seed: int, dtype: torch.dtype, device: torch.d
     return audio
 
 
+def quiet_audio(config: MelConfig, seed: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(2, T)``: digital silence, and white noise whose level steps down a decade every ``2 n_fft``
+    samples from 1e-2 to 1e-8 (then silence): the mels there pass through every log floor in use."""
+    generator = torch.Generator().manual_seed(seed + 2)
+    step = 2 * config.n_fft
+    levels = torch.tensor([10.0**-k for k in range(2, 9)] + [0.0], dtype=torch.float64).repeat_interleave(step)
+    noise = torch.randn(levels.numel(), generator=generator, dtype=torch.float64) * levels
+    return torch.stack([torch.zeros_like(noise), noise]).to(device=device, dtype=dtype)
+
+
 def _log_diff(out: Tensor, ref: Tensor, linear: bool) -> float:
     """Max abs difference, through ``ln`` for linear outputs; equal infinities count as equal."""
     if tuple(out.shape) != tuple(ref.shape):
@@ -326,11 +339,21 @@ def _melvoc(kind: str, data: Sequence[Tensor], config: MelConfig) -> list[Tensor
 
 @dataclass
 class _Run:
-    """One function's outputs per dtype on the shared inputs."""
+    """One function's outputs per dtype on the shared inputs, and on the quiet probes.
+
+    The quiet probes (mel-like functions only) are :func:`quiet_audio` (for ``spec_to_mel``: its
+    spectrogram without eps), called with the preset's numbers and, where the function takes
+    ``num_mels``, with as many mel bands as STFT bins: then some filters are empty, their bands
+    are 0 before the log whatever the eps, and show the log floor itself. ``quiet_mels`` holds the
+    ``num_mels`` each probe was called with (None: the preset's numbers, compared with a candidate's own).
+    """
 
     inputs: dict[torch.dtype, list[Tensor]]
     outputs: dict[torch.dtype, list[Tensor]]
     fixed: set[str]
+    quiet_inputs: dict[torch.dtype, list[Tensor]] = field(default_factory=dict)
+    quiet_outputs: dict[torch.dtype, list[Tensor]] = field(default_factory=dict)
+    quiet_mels: list[Optional[int]] = field(default_factory=list)
 
 
 def _run_function(reference: Path, name: str, kind: str, config: MelConfig, seed: int,
@@ -356,14 +379,66 @@ def _run_function(reference: Path, name: str, kind: str, config: MelConfig, seed
                     raise CannotRun(_why(error)) from error
                 raise CannotRun(f"raised on a later input ({tuple(item.shape)}, {dtype}): {_why(error)}") from error
         inputs[dtype], outputs[dtype] = data, results
-    return _Run(inputs, outputs, fixed)
+    run = _Run(inputs, outputs, fixed)
+    if kind in ("mel", "spec_to_mel"):
+        _probe_quiet(reference, name, kind, config, seed, device, run)
+    return run
+
+
+def _probe_quiet(reference: Path, name: str, kind: str, config: MelConfig, seed: int, device: torch.device,
+                 run: _Run) -> None:
+    """Run the quiet probes (see :class:`_Run`) into ``run``, each ``num_mels`` in a fresh copy of the module."""
+    band_counts: list[Optional[int]] = [None]
+    if "num_mels" in run.fixed and config.n_freqs != config.num_mels:
+        band_counts.append(config.n_freqs)
+    for dtype in (torch.float32, torch.float64):
+        audio = quiet_audio(config, seed, dtype, device)
+        data = audio if kind == "mel" else _melvoc("spec", [audio], config.replace(eps=0.0))[0]
+        for num_mels in band_counts:
+            numbers = config.replace(num_mels=num_mels or config.num_mels)
+            function = getattr(load_legacy(reference), name)
+            try:
+                out = _call(function, bind(function, kind, data, numbers)[0])
+            except Exception as error:
+                raise CannotRun(f"raised on silence ({tuple(data.shape)}, {dtype}, num_mels={numbers.num_mels}): "
+                                f"{error if isinstance(error, CannotRun) else _why(error)}") from error
+            run.quiet_inputs.setdefault(dtype, []).append(data)
+            run.quiet_outputs.setdefault(dtype, []).append(out)
+    run.quiet_mels = band_counts
 
 
 def _check(kind: str, run: _Run, config: MelConfig) -> dict[str, float]:
-    """Max log-domain difference per dtype of melvoc.features with ``config``."""
-    return {str(dtype).removeprefix("torch."): _worst(run.outputs[dtype], _melvoc(kind, run.inputs[dtype], config),
-                                                      linear=kind == "spec")
-            for dtype in run.outputs}
+    """Max log-domain difference per dtype of melvoc.features with ``config``, quiet probes included."""
+    diffs = {}
+    for dtype in run.outputs:
+        worst = _worst(run.outputs[dtype], _melvoc(kind, run.inputs[dtype], config), linear=kind == "spec")
+        quiet = zip(run.quiet_inputs.get(dtype, []), run.quiet_outputs.get(dtype, []), run.quiet_mels)
+        for data, out, num_mels in quiet:
+            numbers = config if num_mels is None else config.replace(num_mels=num_mels)
+            worst = max(worst, _log_diff(out, _melvoc(kind, [data], numbers)[0], False))
+        diffs[str(dtype).removeprefix("torch.")] = worst
+    return diffs
+
+
+def _quiet_floors(run: _Run) -> dict[str, float]:
+    """The log floor the quiet probes show, as ``clip_val`` per log base; {} where they show none.
+
+    The floor is where a band of the noise item stays at the probes' minimum through every level, from
+    1e-2 to silence: a band that is 0 before the log (an empty filter) clamped. Silence alone would not
+    do: under an eps each band of it sits at a constant value of its own.
+    """
+    noise = [out.detach().double().cpu().reshape(-1, *out.shape[-2:])[-1]
+             for out in run.quiet_outputs.get(torch.float64, [])]
+    if not noise:
+        return {}
+    low = min(float(out.min()) for out in noise)
+    if not math.isfinite(low) or not any(bool((out == low).all(dim=-1).any()) for out in noise):
+        return {}
+    floors = {}
+    for base, clip in (("e", math.exp(low)), ("10", 10.0**low)):
+        if 0 < clip < math.inf:
+            floors[base] = _nice(clip, rel=1e-6) or clip
+    return floors
 
 
 def _within(diffs: dict[str, float]) -> bool:
@@ -519,7 +594,15 @@ def compare_function(reference: Path, name: str, kind: str, preset: str, config:
 def _fitted(kind: str, run: _Run, config: MelConfig, preset: str, presets: dict[str, MelConfig],
             differs: FunctionResult) -> FunctionResult:
     best: Optional[tuple[float, MelConfig, dict[str, float]]] = None
-    for candidate in _fit(kind, run, config)[:12]:
+    floors = _quiet_floors(run)
+    # Each fitted config with the floor the quiet probes show first: the fit sees the usual inputs only,
+    # where eps may keep every value above the floor.
+    trials = []
+    for fitted in _fit(kind, run, config)[:12]:
+        if kind != "spec" and fitted.log_base in floors:
+            trials.append(fitted.replace(clip_val=floors[fitted.log_base]))
+        trials.append(fitted)
+    for candidate in dict.fromkeys(trials):
         diffs = _check(kind, run, candidate)
         worst = max(diffs.values())
         if _within(diffs):
