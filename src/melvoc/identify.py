@@ -262,14 +262,16 @@ class MelStatistics:
 
 
 def _as_2d(mel: np.ndarray | torch.Tensor, name: str = "mel", *, keep_precision: bool = False) -> np.ndarray:
-    """``mel`` as a ``(num_mels, frames)`` float64 array (``keep_precision``: float32 stays float32)."""
+    """``mel`` as a ``(num_mels, frames)`` float64 array (``keep_precision``: float32, float16 and
+    bfloat16 mels as float32, the precision they are computed in)."""
     if isinstance(mel, torch.Tensor):
         mel = mel.detach().cpu()
-        mel = mel if keep_precision and mel.dtype == torch.float32 else mel.double()
-        array = mel.numpy()
+        single = keep_precision and mel.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        array = (mel.float() if single else mel.double()).numpy()
     else:
         array = np.asarray(mel)
-        array = array if keep_precision and array.dtype == np.float32 else array.astype(np.float64)
+        single = keep_precision and array.dtype in (np.float32, np.float16)
+        array = array.astype(np.float32 if single else np.float64)
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 2:
