@@ -8,7 +8,9 @@ import json
 import re
 from pathlib import Path
 
+import librosa
 import pytest
+import torch
 
 from melvoc import compare
 from melvoc.features import MelConfig
@@ -54,17 +56,54 @@ def test_missing_sampling_rate_is_bound_by_name(tmp_path):
     assert code == 0 and verdicts(data) == {"spectrogram_torch": "match"}
 
 
-def test_old_stft_api_cannot_run_with_one_line_and_the_fix(tmp_path, capsys):
+def test_old_stft_api_runs_on_the_compatibility_layer_of_its_own_module(tmp_path, capsys):
+    stft, mel = torch.stft, librosa.filters.mel
     code, data = run(tmp_path, "old_stft")
     text = capsys.readouterr().out
-    assert code == 3
-    assert verdicts(data) == dict.fromkeys(["spectrogram_torch", "spec_to_mel_torch", "mel_spectrogram_torch"],
-                                           "cannot_run")
-    stft = data["functions"]["spectrogram_torch"]["reason"]
-    assert "return_complex" in stft and "fix: torch.stft needs return_complex=True" in stft and "\n" not in stft
-    assert "keyword arguments only" in data["functions"]["spec_to_mel_torch"]["reason"]
-    assert all(entry["config"] is None for entry in data["functions"].values())
-    assert "Traceback" not in text and "CANNOT RUN: 3 of 3" in text
+    assert code == 0, text
+    functions = data["functions"]
+    assert verdicts(data) == dict.fromkeys(["spectrogram_torch", "spec_to_mel_torch", "mel_spectrogram_torch"], "match")
+    assert all(config_of(data, name) == PRESETS["vits_22k"] for name in functions)
+    layer = "ran through the torch<2 / librosa<0.10 compatibility layer"
+    stft_old = "torch.stft without return_complex returns torch.view_as_real of the complex result"
+    mel_old = "librosa.filters.mel takes positional arguments"
+    assert functions["spectrogram_torch"]["reason"] == f"matches preset vits_22k; {layer} ({stft_old})"
+    assert functions["spec_to_mel_torch"]["reason"] == f"matches preset vits_22k; {layer} ({mel_old})"
+    assert functions["mel_spectrogram_torch"]["reason"] == f"matches preset vits_22k; {layer} ({stft_old}; {mel_old})"
+    assert ("note: spectrogram_torch, spec_to_mel_torch, mel_spectrogram_torch ran through the torch<2 / "
+            "librosa<0.10 compatibility layer, which compare gives the copy's own module only; to run it without: "
+            "pass return_complex=True to torch.stft") in text
+    assert "OK: all 3 functions match" in text
+    # torch and librosa themselves were never changed
+    assert torch.stft is stft and librosa.filters.mel is mel
+    with pytest.raises(RuntimeError, match="return_complex"):
+        torch.stft(torch.zeros(2048), 1024, window=torch.hann_window(1024))
+    with pytest.raises(TypeError):
+        librosa.filters.mel(22050, 1024)
+
+
+def test_what_the_compatibility_layer_does_not_cover_is_named_with_the_fix(tmp_path, capsys):
+    code, data = run(tmp_path, "rfft_1_7")
+    text = capsys.readouterr().out
+    assert code == 3 and verdicts(data) == {"mel_spectrogram_torch": "cannot_run"}
+    reason = data["functions"]["mel_spectrogram_torch"]["reason"]
+    assert reason.startswith("AttributeError: module 'torch' has no attribute 'rfft'; fix: torch.rfft/irfft were "
+                             "removed in torch 1.8: use torch.fft.rfft/irfft")
+    assert reason.endswith("(on the torch<2 / librosa<0.10 compatibility layer, which it needed: "
+                           "librosa.filters.mel takes positional arguments)")
+    assert "\n" not in reason and "Traceback" not in text and "CANNOT RUN: 1 of 1" in text
+
+
+def test_copy_that_calls_the_old_api_at_import_runs_on_the_layer(tmp_path, capsys):
+    code, data = run(tmp_path, "module_filterbank")
+    text = capsys.readouterr().out
+    assert code == 0 and verdicts(data) == {"spec_to_mel_torch": "match"}
+    assert config_of(data, "spec_to_mel_torch") == PRESETS["vits_22k"]
+    assert data["functions"]["spec_to_mel_torch"]["reason"] == (
+        "matches preset vits_22k; called with num_mels=513 it gave 80 bands, so the log floor was probed with "
+        "num_mels=80 only; ran through the torch<2 / librosa<0.10 compatibility layer (librosa.filters.mel takes "
+        "positional arguments)")
+    assert "to run it without: call librosa.filters.mel with keywords" in text
 
 
 def test_eps_1e8_is_fitted(tmp_path):
@@ -78,10 +117,14 @@ def test_eps_1e8_is_fitted(tmp_path):
 def test_floor_2e6_is_fitted(tmp_path):
     code, data = run(tmp_path, "floor_2e6")
     assert code == 0, data
-    mel = config_of(data, "mel_spectrogram_torch")
-    assert mel.eps == 2e-7 and mel == PRESETS["vits_22k"].replace(eps=2e-7, clip_val=mel.clip_val)
-    # eps 2e-7 keeps silence above the 2e-6 floor here, so the mel leaves clip_val open; the
-    # compression function shows it.
+    # With vits_22k's numbers eps 2e-7 keeps silence at >= 2.0e-5, above both floors (1e-5 and the
+    # copy's 2e-6): the quiet probes (silence and near-silence, also with as many mel bands as STFT
+    # bins, where empty filters sit on the floor) show the copy's floor.
+    vits = PRESETS["vits_22k"]
+    assert config_of(data, "mel_spectrogram_torch") == vits.replace(eps=2e-7, clip_val=2e-6)
+    assert config_of(data, "spec_to_mel_torch") == vits.replace(clip_val=2e-6)
+    assert config_of(data, "spectrogram_torch").eps == 2e-7
+    assert "clip_val=2e-06" in data["functions"]["mel_spectrogram_torch"]["reason"]
     assert data["functions"]["dynamic_range_compression_torch"]["config"] == {"clip_val": 2e-6, "log_base": "e"}
 
 

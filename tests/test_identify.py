@@ -14,7 +14,7 @@ import torch
 
 from melvoc import identify
 from melvoc.data.dataset import AudioDataset
-from melvoc.features import MelConfig, mel_spectrogram
+from melvoc.features import MelConfig, MelSpectrogram, mel_spectrogram
 from melvoc.identify import MelMismatchError, check_mel_statistics
 from tests.conftest import FIXTURES, compose_config
 
@@ -52,9 +52,12 @@ def equivalent(a: MelConfig, b: MelConfig) -> bool:
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_is_identified_from_its_mels_and_audio(name):
     config = PRESETS[name]
-    mels, audio = preset_mels(config)
+    audio = [speechlike(config.sampling_rate, 1.0, seed) for seed in range(2)]
+    features = MelSpectrogram(config)  # the feature path training runs
+    mels = [features(torch.from_numpy(a)).numpy() for a in audio]
     result = identify.identify(mels, [(a.astype(np.float64), config.sampling_rate) for a in audio], presets=PRESETS)
-    assert result.reproduces and result.max_error <= identify.DEFAULT_TOLERANCE
+    # The verification is that feature path (in the mels' float32), not another computation: bit for bit.
+    assert result.reproduces and result.max_error == 0.0
     assert equivalent(MelConfig(**result.config), config), result.config
     assert result.preset == name and result.override == f"features={name}"
     # every other candidate reproduces the mels too, and differs from the reported config
@@ -73,6 +76,78 @@ def test_peer_features_are_identified_with_their_audio(folder):
     assert equivalent(MelConfig(**result.config), PRESETS[preset])
     # The peers' test tone never reaches the log floor: clip_val is left open, and said so.
     assert any(note.startswith("clip_val:") for note in result.open)
+
+
+
+# Vocos' own features (gemelo-ai/vocos MelSpectrogramFeatures, padding="center"): torchaudio's
+# MelSpectrogram(sample_rate=24000, n_fft=1024, hop_length=256, n_mels=100, center=True, power=1), then
+# ln(clamp(x, 1e-7)). torchaudio does not import on every host (its CUDA build here), so the reference
+# is written with torch.stft as torchaudio computes it: periodic Hann window, reflect centring, |X|,
+# its own htk filterbank (float32 frequency and mel grids, no norm), mel = spec^T @ fb.
+def torchaudio_vocos_mel(audio: torch.Tensor, rate: int = 24000, n_fft: int = 1024, hop: int = 256,
+                         n_mels: int = 100) -> torch.Tensor:
+    """``(T,)`` float32 audio -> ``(n_mels, frames)`` log-mel, as Vocos' feature extractor makes it."""
+    spec = torch.stft(audio, n_fft, hop_length=hop, win_length=n_fft, window=torch.hann_window(n_fft),
+                      center=True, pad_mode="reflect", normalized=False, onesided=True, return_complex=True).abs()
+    bins = torch.linspace(0, rate // 2, n_fft // 2 + 1)
+    top = 2595.0 * math.log10(1.0 + (rate / 2) / 700.0)
+    edges = 700.0 * (10.0 ** (torch.linspace(0.0, top, n_mels + 2) / 2595.0) - 1.0)
+    widths = edges[1:] - edges[:-1]
+    ramps = edges.unsqueeze(0) - bins.unsqueeze(1)  # (n_freqs, n_mels + 2)
+    rising, falling = -ramps[:, :-2] / widths[:-1], ramps[:, 2:] / widths[1:]
+    filterbank = torch.clamp(torch.minimum(rising, falling), min=0.0)  # (n_freqs, n_mels)
+    mel = torch.matmul(spec.transpose(-1, -2), filterbank).transpose(-1, -2)
+    return torch.log(torch.clamp(mel, min=1e-7))
+
+
+def tones(rate: int, seconds: float, seed: int) -> np.ndarray:
+    """Five harmonic tones with slow envelopes and a quarter second of digital silence, no noise: most
+    STFT bins hold only the window's side lobes, far below a float32 FFT's rounding. float32 in [-0.9, 0.9]."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate * seconds)) / rate
+    x = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6)) * (1 + np.sin(2 * np.pi * rng.uniform(0.5, 3) * t))
+            for f in rng.uniform(80, 2000, 5))
+    x[t.size // 3 : t.size // 3 + rate // 4] = 0.0
+    return (0.9 * x / np.abs(x).max()).astype(np.float32)
+
+
+def test_reference_vocos_mel_is_torchaudios():
+    try:
+        import torchaudio
+    except Exception as error:  # e.g. a CUDA build of torchaudio next to torch's CPU build
+        pytest.skip(f"torchaudio does not import here ({type(error).__name__}: {str(error)[:80]}); "
+                    "torchaudio_vocos_mel stays checked against melvoc's vocos_24k only")
+    audio = torch.from_numpy(tones(24000, 0.5, 0))
+    transform = torchaudio.transforms.MelSpectrogram(sample_rate=24000, n_fft=1024, hop_length=256, n_mels=100,
+                                                     center=True, power=1)
+    assert torch.equal(torchaudio_vocos_mel(audio), torch.log(torch.clamp(transform(audio), min=1e-7)))
+
+
+def test_mels_of_vocos_feature_code_are_identified(tmp_path, capsys):
+    # float32 audio of tones: the mels' quiet bins are the float32 FFT's rounding, which melvoc's
+    # float32 features reproduce and a float64 computation does not (it gave max error 1.67 here).
+    config = PRESETS["vocos_24k"]
+    mel_paths, audio_paths = [], []
+    for seed in range(2):
+        audio_paths.append(tmp_path / f"clip{seed}.wav")
+        audio = tones(24000, 1.5, seed)
+        sf.write(audio_paths[-1], audio, 24000, subtype="FLOAT")
+        mel = torchaudio_vocos_mel(torch.from_numpy(audio))
+        assert (MelSpectrogram(config)(torch.from_numpy(audio)) - mel).abs().max() < 1e-4
+        mel_paths.append(tmp_path / f"clip{seed}.{'pt' if seed else 'npy'}")
+        if seed:
+            torch.save(mel[None], mel_paths[-1])  # Vocos' (B, n_mels, frames)
+        else:
+            np.save(mel_paths[-1], mel.numpy())
+    out = tmp_path / "found.json"
+    code = identify.main([*map(str, mel_paths), "--audio", *map(str, audio_paths), "--json", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "reproduced: max error" in text and "override: features=vocos_24k\n" in text
+    result = json.loads(out.read_text())
+    assert result["override"] == "features=vocos_24k" and MelConfig(**result["config"]) == config
+    # what is left is the filterbanks' float32 rounding (torchaudio's vs librosa's formulas)
+    assert result["max_error"] < 1e-4
 
 
 @pytest.mark.parametrize("config", [

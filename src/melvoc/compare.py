@@ -9,7 +9,10 @@ Every mel-like function of the copy is run on deterministic audio (in [-1, 1], w
 digital silence; several batch sizes and lengths), in float32 and float64, with the numbers of a
 feature preset (default ``vits_22k``, the original's; presets come from ``conf/features/*.yaml``),
 and compared with :mod:`melvoc.features` under the preset's *whole* config (its ``eps``,
-``clip_val``, log base, mel scale and norm, padding). The functions:
+``clip_val``, log base, mel scale and norm, padding). Mel functions also get quiet probes: silence
+and noise stepping down to 1e-8, with the preset's numbers and with as many mel bands as STFT bins
+(empty filters, 0 before the log whatever the eps): an eps that keeps every usual input above the
+log floor would otherwise leave ``clip_val`` unseen. The functions:
 
 - ``mel_spectrogram_torch``, ``spectrogram_torch``, ``spec_to_mel_torch``, the compression pairs
   ``dynamic_range_(de)compression_torch`` and ``spectral_(de_)normalize_torch``;
@@ -20,9 +23,12 @@ Arguments are bound by parameter name (``sampling_rate`` or ``sample_rate``/``sr
 ``hop_length``, ...); a function that needs a parameter with no counterpart gets ``cannot_run``
 with the signature difference. Each function runs in a freshly imported copy of the module, per
 dtype, so no function sees a cache (``mel_basis``, ``hann_window``) another one filled. A first
-call (pre-flight) that raises gives ``cannot_run`` with one line saying why and the fix (old
-``torch.stft`` without ``return_complex``, positional ``librosa.filters.mel`` arguments, ...).
-A tuple return ``(mel, energy, ...)`` is compared by its first element.
+call (pre-flight) that raises, or an import that fails, is tried again on the torch<2 / librosa<0.10
+compatibility layer (:mod:`melvoc.legacy_api`: ``torch.stft`` without ``return_complex`` returns the
+real view, ``librosa.filters.mel`` takes positional arguments; in the copy's own module only): where
+the copy needed it, the reason and a note say so and what to change. What still raises gives
+``cannot_run`` with one line saying why and the fix. A tuple return ``(mel, energy, ...)`` is
+compared by its first element.
 
 A function that differs from the preset is fitted (``--no-fit`` turns this off): the knobs its
 signature does not fix (``eps``, ``clip_val``, log base, mel scale/norm, padding; also ``fmin``/
@@ -32,7 +38,7 @@ found is verified against :mod:`melvoc.features` in both dtypes. Status per func
 - ``match``: a MelConfig reproduces it in float64 (1e-10) and float32 (1e-5); ``config`` holds it
   (the preset's own, or the fitted one, with the Hydra override that selects it);
 - ``differs``: no config searched reproduces it (``reason`` gives the closest);
-- ``cannot_run``: it raised here, or its signature cannot be bound.
+- ``cannot_run``: it raised here (on the compatibility layer too), or its signature cannot be bound.
 
 Tolerances are absolute in the log domain: log-mels as they are, linear outputs (spectrogram,
 decompression) through ``ln`` (an eps difference under the square root shows there, where a
@@ -69,6 +75,8 @@ from melvoc import compat
 from melvoc.features import MelConfig, mel_spectrogram, min_audio_length, spec_to_mel, spectrogram
 from melvoc.identify import EPS_GRID, PADDINGS, UsageError, _nice, fit_config, load_presets, override_line, read_preset
 from melvoc.inference import parse_device
+from melvoc.legacy_api import NAME as LEGACY_LAYER
+from melvoc.legacy_api import LegacyApi
 
 __all__ = ["FunctionResult", "bind", "load_legacy", "main", "make_audio", "run_comparison"]
 
@@ -116,6 +124,7 @@ class FunctionResult:
     override: str = ""
     speed_ratio: Optional[float] = None
     diffs: dict[str, float] = field(default_factory=dict)
+    legacy_fixes: tuple[str, ...] = ()  # what to change to run it without the torch<2 / librosa<0.10 layer
 
     def to_json(self) -> dict[str, Any]:
         diff = self.max_diff if self.max_diff is None or math.isfinite(self.max_diff) else None
@@ -123,7 +132,14 @@ class FunctionResult:
 
 
 class CannotRun(Exception):
-    """A function that cannot run here; the message is one line: why, and the fix."""
+    """A function that cannot run here; the message is one line: why, and the fix.
+
+    ``preflight``: its first call raised (where an API the copy was written for may be missing).
+    """
+
+    def __init__(self, message: str, preflight: bool = False) -> None:
+        super().__init__(message)
+        self.preflight = preflight
 
 
 # --------------------------------------------------------------------------------------------------
@@ -131,10 +147,11 @@ class CannotRun(Exception):
 # --------------------------------------------------------------------------------------------------
 
 
-def load_legacy(path: str | Path) -> ModuleType:
+def load_legacy(path: str | Path, layer: Optional[LegacyApi] = None) -> ModuleType:
     """Import a Python file as a fresh module with a unique name (its folder is importable meanwhile).
 
-    Each call executes the file anew, so module-level caches start empty.
+    Each call executes the file anew, so module-level caches start empty. ``layer``: the module runs
+    on the torch<2 / librosa<0.10 APIs (:mod:`melvoc.legacy_api`; in its own namespace only).
     """
     path = Path(path).expanduser().resolve()
     if not path.is_file():
@@ -145,6 +162,8 @@ def load_legacy(path: str | Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise UsageError(f"--reference {path}: not importable as a Python module (expected a .py file)")
     module = importlib.util.module_from_spec(spec)
+    if layer is not None:
+        module.__dict__["__builtins__"] = layer.builtins()
     sys.path.insert(0, str(path.parent))
     try:
         spec.loader.exec_module(module)
@@ -153,6 +172,26 @@ def load_legacy(path: str | Path) -> ModuleType:
     finally:
         sys.path.remove(str(path.parent))
     return module
+
+
+def import_copy(path: str | Path) -> tuple[ModuleType, Optional[LegacyApi]]:
+    """The copy imported as it is, or, where its import fails, on the torch<2 / librosa<0.10 layer
+    (its module-level code may call the old APIs); the layer is None when not needed.
+
+    Raises:
+        UsageError: it imports neither way (the message is the plain import's failure).
+    """
+    try:
+        return load_legacy(path), None
+    except UsageError as error:
+        layer = LegacyApi()
+        try:
+            module = load_legacy(path, layer)
+        except UsageError:
+            raise error from None
+        if not layer.used:
+            raise error
+        return module, layer
 
 
 def _kind(name: str, parameters: Sequence[str]) -> Optional[str]:
@@ -258,7 +297,11 @@ def _why(error: BaseException) -> str:
     lowered = text.lower()
     if "return_complex" in lowered:
         fix = ("torch.stft needs return_complex=True since torch 2.0: pass it and take "
-               "torch.view_as_real(...) (or .abs()) of the result")
+               "torch.view_as_real(...) (or .abs()) of the result (compare's compatibility layer stands in "
+               "for torch.stft(...) calls, not for the tensor method y.stft(...))")
+    elif "has no attribute 'rfft'" in lowered or "has no attribute 'irfft'" in lowered:
+        fix = ("torch.rfft/irfft were removed in torch 1.8: use torch.fft.rfft/irfft (complex results; "
+               "torch.view_as_real gives the old real layout)")
     elif "positional argument" in lowered and ("mel()" in lowered or "librosa" in lowered):
         fix = ("librosa >= 0.10 takes keyword arguments only: librosa.filters.mel(sr=..., n_fft=..., "
                "n_mels=..., fmin=..., fmax=...)")
@@ -296,6 +339,16 @@ def make_audio(config: MelConfig, seed: int, dtype: torch.dtype, device: torch.d
     return audio
 
 
+def quiet_audio(config: MelConfig, seed: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(2, T)``: digital silence, and white noise whose level steps down a decade every ``2 n_fft``
+    samples from 1e-2 to 1e-8 (then silence): the mels there pass through every log floor in use."""
+    generator = torch.Generator().manual_seed(seed + 2)
+    step = 2 * config.n_fft
+    levels = torch.tensor([10.0**-k for k in range(2, 9)] + [0.0], dtype=torch.float64).repeat_interleave(step)
+    noise = torch.randn(levels.numel(), generator=generator, dtype=torch.float64) * levels
+    return torch.stack([torch.zeros_like(noise), noise]).to(device=device, dtype=dtype)
+
+
 def _log_diff(out: Tensor, ref: Tensor, linear: bool) -> float:
     """Max abs difference, through ``ln`` for linear outputs; equal infinities count as equal."""
     if tuple(out.shape) != tuple(ref.shape):
@@ -326,24 +379,60 @@ def _melvoc(kind: str, data: Sequence[Tensor], config: MelConfig) -> list[Tensor
 
 @dataclass
 class _Run:
-    """One function's outputs per dtype on the shared inputs."""
+    """One function's outputs per dtype on the shared inputs, and on the quiet probes.
+
+    The quiet probes (mel-like functions only) are :func:`quiet_audio` (for ``spec_to_mel``: its
+    spectrogram without eps), called with the preset's numbers and, where the function takes
+    ``num_mels``, with as many mel bands as STFT bins: then some filters are empty, their bands
+    are 0 before the log whatever the eps, and show the log floor itself. ``quiet_mels`` holds the
+    ``num_mels`` each probe was called with (None: the preset's numbers, compared with a candidate's own).
+    """
 
     inputs: dict[torch.dtype, list[Tensor]]
     outputs: dict[torch.dtype, list[Tensor]]
     fixed: set[str]
+    quiet_inputs: dict[torch.dtype, list[Tensor]] = field(default_factory=dict)
+    quiet_outputs: dict[torch.dtype, list[Tensor]] = field(default_factory=dict)
+    quiet_mels: list[Optional[int]] = field(default_factory=list)
+    layer: Optional[LegacyApi] = None  # the torch<2 / librosa<0.10 layer it ran on, if any
+    notes: list[str] = field(default_factory=list)  # for the verdict's reason
 
 
-def _run_function(reference: Path, name: str, kind: str, config: MelConfig, seed: int,
-                  device: torch.device) -> _Run:
+def _run_function(reference: Path, name: str, kind: str, config: MelConfig, seed: int, device: torch.device,
+                  legacy: bool = False) -> _Run:
     """Run ``name`` on every audio case in float32 and float64, each dtype in a fresh copy of the
-    module (the float32 run is the pre-flight: its first call raising means cannot_run)."""
+    module (the float32 run is the pre-flight), then the quiet probes.
+
+    A pre-flight that raises is tried once more on the torch<2 / librosa<0.10 layer (``run.layer``
+    then holds it, with what the copy used of it); raising there too means cannot_run. ``legacy``:
+    the copy imports only on the layer, so it runs on it from the start.
+    """
+    try:
+        return _run_once(reference, name, kind, config, seed, device, LegacyApi() if legacy else None)
+    except CannotRun as error:
+        if legacy or not error.preflight:
+            raise
+        retry = LegacyApi()
+        try:
+            return _run_once(reference, name, kind, config, seed, device, retry)
+        except CannotRun as again:
+            if not retry.used or str(again) == str(error):
+                raise error from None
+            raise CannotRun(f"{again} (on the {LEGACY_LAYER}, which it needed: {retry.describe()})") from again
+
+
+def _run_once(reference: Path, name: str, kind: str, config: MelConfig, seed: int, device: torch.device,
+              layer: Optional[LegacyApi]) -> _Run:
     inputs: dict[torch.dtype, list[Tensor]] = {}
     outputs: dict[torch.dtype, list[Tensor]] = {}
     fixed: set[str] = set()
     for dtype in (torch.float32, torch.float64):
         audio = make_audio(config, seed, dtype, device)
         data = audio if kind != "spec_to_mel" else _melvoc("spec", audio, config)
-        function = getattr(load_legacy(reference), name)
+        try:
+            function = getattr(load_legacy(reference, layer), name)
+        except UsageError as error:  # an import that needs the layer
+            raise CannotRun(str(error), preflight=True) from error
         results = []
         for index, item in enumerate(data):
             kwargs, fixed = bind(function, kind, item, config)
@@ -353,17 +442,78 @@ def _run_function(reference: Path, name: str, kind: str, config: MelConfig, seed
                 raise
             except Exception as error:
                 if index == 0 and dtype == torch.float32:
-                    raise CannotRun(_why(error)) from error
+                    raise CannotRun(_why(error), preflight=True) from error
                 raise CannotRun(f"raised on a later input ({tuple(item.shape)}, {dtype}): {_why(error)}") from error
         inputs[dtype], outputs[dtype] = data, results
-    return _Run(inputs, outputs, fixed)
+    run = _Run(inputs, outputs, fixed, layer=layer)
+    if kind in ("mel", "spec_to_mel"):
+        _probe_quiet(reference, name, kind, config, seed, device, run)
+    return run
+
+
+def _probe_quiet(reference: Path, name: str, kind: str, config: MelConfig, seed: int, device: torch.device,
+                 run: _Run) -> None:
+    """Run the quiet probes (see :class:`_Run`) into ``run``, each ``num_mels`` in a fresh copy of the module."""
+    band_counts: list[Optional[int]] = [None]
+    if "num_mels" in run.fixed and config.n_freqs != config.num_mels:
+        band_counts.append(config.n_freqs)
+    for num_mels in band_counts:
+        numbers = config.replace(num_mels=num_mels or config.num_mels)
+        probes = []
+        for dtype in (torch.float32, torch.float64):
+            audio = quiet_audio(config, seed, dtype, device)
+            data = audio if kind == "mel" else _melvoc("spec", [audio], config.replace(eps=0.0))[0]
+            function = getattr(load_legacy(reference, run.layer), name)
+            try:
+                out = _call(function, bind(function, kind, data, numbers)[0])
+            except Exception as error:
+                raise CannotRun(f"raised on silence ({tuple(data.shape)}, {dtype}, num_mels={numbers.num_mels}): "
+                                f"{error if isinstance(error, CannotRun) else _why(error)}") from error
+            probes.append((dtype, data, out))
+        bands = probes[0][2].shape[-2] if probes[0][2].dim() >= 2 else None
+        if num_mels is not None and bands != num_mels:
+            run.notes.append(f"called with num_mels={num_mels} it gave {bands} bands, so the log floor was "
+                             f"probed with num_mels={config.num_mels} only")
+            continue
+        for dtype, data, out in probes:
+            run.quiet_inputs.setdefault(dtype, []).append(data)
+            run.quiet_outputs.setdefault(dtype, []).append(out)
+        run.quiet_mels.append(num_mels)
 
 
 def _check(kind: str, run: _Run, config: MelConfig) -> dict[str, float]:
-    """Max log-domain difference per dtype of melvoc.features with ``config``."""
-    return {str(dtype).removeprefix("torch."): _worst(run.outputs[dtype], _melvoc(kind, run.inputs[dtype], config),
-                                                      linear=kind == "spec")
-            for dtype in run.outputs}
+    """Max log-domain difference per dtype of melvoc.features with ``config``; the quiet probes are
+    included where the usual inputs are within the tolerance (else that difference is the answer)."""
+    diffs = {}
+    for dtype in run.outputs:
+        worst = _worst(run.outputs[dtype], _melvoc(kind, run.inputs[dtype], config), linear=kind == "spec")
+        quiet = zip(run.quiet_inputs.get(dtype, []), run.quiet_outputs.get(dtype, []), run.quiet_mels)
+        for data, out, num_mels in quiet if worst <= TOLERANCE[dtype] else ():
+            numbers = config if num_mels is None else config.replace(num_mels=num_mels)
+            worst = max(worst, _log_diff(out, _melvoc(kind, [data], numbers)[0], False))
+        diffs[str(dtype).removeprefix("torch.")] = worst
+    return diffs
+
+
+def _quiet_floors(run: _Run) -> dict[str, float]:
+    """The log floor the quiet probes show, as ``clip_val`` per log base; {} where they show none.
+
+    The floor is where a band of the noise item stays at the probes' minimum through every level, from
+    1e-2 to silence: a band that is 0 before the log (an empty filter) clamped. Silence alone would not
+    do: under an eps each band of it sits at a constant value of its own.
+    """
+    noise = [out.detach().double().cpu().reshape(-1, *out.shape[-2:])[-1]
+             for out in run.quiet_outputs.get(torch.float64, [])]
+    if not noise:
+        return {}
+    low = min(float(out.min()) for out in noise)
+    if not math.isfinite(low) or not any(bool((out == low).all(dim=-1).any()) for out in noise):
+        return {}
+    floors = {}
+    for base, clip in (("e", math.exp(low)), ("10", 10.0**low)):
+        if 0 < clip < math.inf:
+            floors[base] = _nice(clip, rel=1e-6) or clip
+    return floors
 
 
 def _within(diffs: dict[str, float]) -> bool:
@@ -421,7 +571,8 @@ def _fit_spectrogram(audio: Sequence[Tensor], outputs: Sequence[Tensor], config:
     return configs
 
 
-def _compare_compression(reference: Path, name: str, kind: str, seed: int, device: torch.device) -> FunctionResult:
+def _compare_compression(reference: Path, name: str, kind: str, seed: int, device: torch.device,
+                         layer: Optional[LegacyApi]) -> FunctionResult:
     """A compression function against melvoc.compat's, called as callers do (defaults, C, clip_val);
     where it differs, its floor and log base are read off its outputs."""
     generator = torch.Generator().manual_seed(seed + 1)
@@ -433,7 +584,7 @@ def _compare_compression(reference: Path, name: str, kind: str, seed: int, devic
     outputs: dict[torch.dtype, Tensor] = {}
     for dtype in (torch.float32, torch.float64):
         x = data.to(device=device, dtype=dtype)
-        function = getattr(load_legacy(reference), name)
+        function = getattr(load_legacy(reference, layer), name)
         try:
             out = _call(function, {"__args__": [x]})
         except CannotRun as error:
@@ -486,12 +637,17 @@ def _speed_ratio(legacy_fn: Callable[[], Any], melvoc_fn: Callable[[], Any], rep
 def compare_function(reference: Path, name: str, kind: str, preset: str, config: MelConfig,
                      presets: dict[str, MelConfig], *, fit: bool = True, seed: int = 0,
                      device: torch.device = torch.device("cpu"),
-                     repeat: int = 0) -> FunctionResult:
-    """The verdict on one function of the copy at ``reference`` with the numbers of ``config``."""
+                     repeat: int = 0, legacy: bool = False) -> FunctionResult:
+    """The verdict on one function of the copy at ``reference`` with the numbers of ``config``.
+
+    ``legacy``: the copy imports only on the torch<2 / librosa<0.10 layer; without it, a function
+    whose first call raises is tried on the layer too. The reason says when it ran on the layer.
+    """
     if kind in ("compress", "decompress"):
-        return _compare_compression(reference, name, kind, seed, device)
+        layer = LegacyApi() if legacy else None
+        return _with_layer(_compare_compression(reference, name, kind, seed, device, layer), layer)
     try:
-        run = _run_function(reference, name, kind, config, seed, device)
+        run = _run_function(reference, name, kind, config, seed, device, legacy)
     except CannotRun as error:
         return FunctionResult("cannot_run", reason=str(error))
     diffs = _check(kind, run, config)
@@ -506,9 +662,11 @@ def compare_function(reference: Path, name: str, kind: str, preset: str, config:
                                 diffs=diffs)
         if fit:
             result = _fitted(kind, run, config, preset, presets, result)
+    result.reason += "".join(f"; {note}" for note in run.notes)
+    result = _with_layer(result, run.layer)
     if result.status == "match" and repeat > 0:
         fitted = MelConfig(**result.config)  # type: ignore[arg-type]
-        function = getattr(load_legacy(reference), name)
+        function = getattr(load_legacy(reference, run.layer), name)
         data = run.inputs[torch.float32]
         calls = [bind(function, kind, item, config)[0] for item in data]
         result.speed_ratio = _speed_ratio(lambda: [_call(function, kw) for kw in calls],
@@ -516,10 +674,26 @@ def compare_function(reference: Path, name: str, kind: str, preset: str, config:
     return result
 
 
+def _with_layer(result: FunctionResult, layer: Optional[LegacyApi]) -> FunctionResult:
+    """``result``, its reason saying what of the torch<2 / librosa<0.10 layer the function needed."""
+    if layer is not None and layer.used:
+        result.reason += f"; ran through the {LEGACY_LAYER} ({layer.describe()})"
+        result.legacy_fixes = layer.fixes()
+    return result
+
+
 def _fitted(kind: str, run: _Run, config: MelConfig, preset: str, presets: dict[str, MelConfig],
             differs: FunctionResult) -> FunctionResult:
     best: Optional[tuple[float, MelConfig, dict[str, float]]] = None
-    for candidate in _fit(kind, run, config)[:12]:
+    floors = _quiet_floors(run)
+    # Each fitted config with the floor the quiet probes show first: the fit sees the usual inputs only,
+    # where eps may keep every value above the floor.
+    trials = []
+    for fitted in _fit(kind, run, config)[:12]:
+        if kind != "spec" and fitted.log_base in floors:
+            trials.append(fitted.replace(clip_val=floors[fitted.log_base]))
+        trials.append(fitted)
+    for candidate in dict.fromkeys(trials):
         diffs = _check(kind, run, candidate)
         worst = max(diffs.values())
         if _within(diffs):
@@ -548,7 +722,8 @@ def run_comparison(reference: str | Path, presets: Sequence[tuple[str, MelConfig
     """Compare every function of the copy at ``reference``; returns results by name and notes."""
     reference = Path(reference).expanduser().resolve()
     device = torch.device(device)
-    found, skipped = discover(load_legacy(reference))
+    module, layer = import_copy(reference)
+    found, skipped = discover(module)
     notes = [f"skipped {entry}" for entry in skipped]
     notes += [f"the copy has no {name}" for name in KNOWN if name not in found]
     results: dict[str, FunctionResult] = {}
@@ -558,7 +733,12 @@ def run_comparison(reference: str | Path, presets: Sequence[tuple[str, MelConfig
             if kind in ("compress", "decompress") and preset != presets[0][0]:
                 continue  # no preset numbers go into them
             results[key] = compare_function(reference, name, kind, preset, config, all_presets, fit=fit,
-                                            seed=seed, device=device, repeat=repeat)
+                                            seed=seed, device=device, repeat=repeat, legacy=layer is not None)
+    legacy = [name for name, r in results.items() if r.legacy_fixes]
+    if legacy:
+        fixes = "; ".join(dict.fromkeys(fix for r in results.values() for fix in r.legacy_fixes))
+        notes.append(f"{', '.join(legacy)} ran through the {LEGACY_LAYER}, which compare gives the copy's own "
+                     f"module only; to run it without: {fixes}")
     return results, notes
 
 
@@ -610,7 +790,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device = parse_device(args.device)
         except ValueError as error:
             raise UsageError(str(error)) from error
-        load_legacy(args.reference)
+        import_copy(args.reference)
         table = load_presets(args.conf_dir)
         chosen = []
         for entry in args.preset or ["vits_22k"]:

@@ -16,7 +16,10 @@ fine ones, never over every combination:
 5. log base, floor and ``eps`` in closed form or by 1-D fits on the relation between the mels and the
    linear-magnitude mel of the audio: the floor from where the mels pile up, ``eps`` by a search in
    log space, both snapped to round values;
-6. the winners verified with :func:`melvoc.features.mel_spectrogram` itself (float64).
+6. the winners verified with :func:`melvoc.features.mel_spectrogram` itself, in the mels' precision
+   (float64 mels in float64, the others in float32, as the features that made them were computed:
+   a float32 FFT's rounding is what fills the bins the audio leaves empty, e.g. between the partials
+   of clean tones, and only a float32 computation reproduces it).
 
 Without audio, the mels alone show ``num_mels``, the log floor where it is reached (and with it the
 log base), and signs of normalisation (per-bin mean/variance as ESPnet, dB scaling as Coqui TTS).
@@ -258,8 +261,17 @@ class MelStatistics:
     normalisation: Optional[str] = None
 
 
-def _as_2d(mel: np.ndarray | torch.Tensor, name: str = "mel") -> np.ndarray:
-    array = mel.detach().cpu().double().numpy() if isinstance(mel, torch.Tensor) else np.asarray(mel, np.float64)
+def _as_2d(mel: np.ndarray | torch.Tensor, name: str = "mel", *, keep_precision: bool = False) -> np.ndarray:
+    """``mel`` as a ``(num_mels, frames)`` float64 array (``keep_precision``: float32, float16 and
+    bfloat16 mels as float32, the precision they are computed in)."""
+    if isinstance(mel, torch.Tensor):
+        mel = mel.detach().cpu()
+        single = keep_precision and mel.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        array = (mel.float() if single else mel.double()).numpy()
+    else:
+        array = np.asarray(mel)
+        single = keep_precision and array.dtype in (np.float32, np.float16)
+        array = array.astype(np.float32 if single else np.float64)
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 2:
@@ -477,18 +489,25 @@ def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (torch.from_numpy(np.ascontiguousarray(a)) @ torch.from_numpy(np.ascontiguousarray(b))).numpy()
 
 
-def _power(audio: np.ndarray, sr: int, s: _Structure) -> np.ndarray:
-    """``re^2 + im^2`` of the STFT as melvoc computes it (float64), ``(n_freqs, F)``."""
+def _precision(mels: Sequence[np.ndarray | torch.Tensor]) -> torch.dtype:
+    """The dtype mels like these are computed in: float64 for float64 mels, float32 for the others."""
+    doubles = [m.dtype == (torch.float64 if isinstance(m, torch.Tensor) else np.float64) for m in mels]
+    return torch.float64 if all(doubles) else torch.float32
+
+
+def _power(audio: np.ndarray, sr: int, s: _Structure, dtype: torch.dtype) -> np.ndarray:
+    """``re^2 + im^2`` of the STFT as melvoc computes it in ``dtype``, as float64 ``(n_freqs, F)``."""
     config = MelConfig(sr, s.n_fft, s.hop_size, s.win_size, 1, pad_mode=s.pad_mode, center=s.center, eps=0.0)
-    return spectrogram(torch.from_numpy(audio), config).numpy() ** 2
+    return spectrogram(torch.from_numpy(audio).to(dtype), config).double().numpy() ** 2
 
 
 class _Fitter:
     """The search over one set of (mel, audio) pairs at one rate."""
 
     def __init__(self, pairs: Sequence[_Pair], sr: int, fixed: Mapping[str, Any], tolerance: float,
-                 spectra: Optional[Sequence[np.ndarray]] = None) -> None:
+                 spectra: Optional[Sequence[np.ndarray]] = None, dtype: torch.dtype = torch.float64) -> None:
         self.spectra = spectra
+        self.dtype = dtype
         self.pairs = list(pairs)
         self.sr = sr
         self.num_mels = pairs[0].mel.shape[0]
@@ -513,7 +532,7 @@ class _Fitter:
         """``re^2 + im^2`` per file, ``(n_freqs, F)``; the last few structures are kept."""
         if self.spectra is not None:
             return self._cached(self._powers, s, lambda: [sp**2 for sp in self.spectra])
-        return self._cached(self._powers, s, lambda: [_power(p.audio, self.sr, s) for p in self.pairs])
+        return self._cached(self._powers, s, lambda: [_power(p.audio, self.sr, s, self.dtype) for p in self.pairs])
 
     def _coarse(self, s: _Structure) -> np.ndarray:
         """Magnitudes of the coarse frames of all files side by side, ``(n_freqs, C)``."""
@@ -771,17 +790,19 @@ class _Fitter:
         return err, eps
 
 
-def _verify(candidate: Candidate, pairs: Sequence[_Pair], spectra: Optional[Sequence[np.ndarray]] = None) -> float:
-    """Max abs difference of melvoc.features' float64 mels with ``candidate.config`` (in the mels' units):
-    :func:`~melvoc.features.mel_spectrogram` of the audio, or :func:`~melvoc.features.spec_to_mel` of ``spectra``."""
+def _verify(candidate: Candidate, pairs: Sequence[_Pair], spectra: Optional[Sequence[np.ndarray]] = None,
+            dtype: torch.dtype = torch.float64) -> float:
+    """Max abs difference of melvoc.features' mels with ``candidate.config`` (in the mels' units):
+    :func:`~melvoc.features.mel_spectrogram` of the audio, or :func:`~melvoc.features.spec_to_mel` of
+    ``spectra``, computed in ``dtype`` as the feature path computes audio of that dtype."""
     worst = 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for index, pair in enumerate(pairs):
             if spectra is not None:
-                mel = spec_to_mel(torch.from_numpy(spectra[index]), candidate.config).numpy()
+                mel = spec_to_mel(torch.from_numpy(spectra[index]).to(dtype), candidate.config).double().numpy()
             else:
-                mel = mel_spectrogram(torch.from_numpy(pair.audio), candidate.config).numpy()
+                mel = mel_spectrogram(torch.from_numpy(pair.audio).to(dtype), candidate.config).double().numpy()
             if mel.shape != pair.mel.shape:
                 return math.inf
             diff = np.abs(mel - pair.mel)
@@ -799,11 +820,13 @@ def fit_config(
     tolerance: float = DEFAULT_TOLERANCE,
     max_candidates: int = 6,
     spectra: Optional[Sequence[np.ndarray]] = None,
+    prefer: Sequence[MelConfig] = (),
 ) -> list[Candidate]:
     """MelConfigs that best reproduce ``mels`` from ``audios``, best first, errors verified by melvoc.features.
 
     Args:
-        mels: ``(num_mels, frames)`` log-mels, one per audio.
+        mels: ``(num_mels, frames)`` log-mels, one per audio; float64 mels are computed and verified in
+            float64, the others in float32 (see :func:`_precision`).
         audios: ``(T,)`` float audio in [-1, 1] the mels were made from.
         sampling_rate: the audio's rate.
         fixed: MelConfig fields known beforehand (e.g. the arguments a function was called with);
@@ -812,6 +835,10 @@ def fit_config(
         spectra: instead of computing them from the audio, the linear magnitudes ``(n_fft // 2 + 1,
             frames)`` the mels were made of (``spec_to_mel``: then ``fixed`` must hold ``n_fft``,
             and only the filterbank and the log are fitted).
+        prefer: configs (the presets) whose ``eps`` and ``clip_val`` are verified on the best
+            candidate's other fields as well, when it reproduces the mels: the mels may leave them open
+            (float32 mels hide an eps below float32's resolution), and then the preset's value is the
+            one to report.
 
     Returns:
         The verified candidates, sorted by max error: the best ``max_candidates`` and every other
@@ -819,6 +846,7 @@ def fit_config(
     """
     fixed = dict(fixed or {})
     fixed["sampling_rate"] = sampling_rate
+    dtype = _precision(mels)
     pairs = []
     for index, (mel, audio) in enumerate(zip(mels, audios)):
         array = _as_2d(mel, f"mel {index}")
@@ -833,9 +861,9 @@ def fit_config(
         n_fft = int(fixed["n_fft"])
         structures = [_Structure(n_fft, int(fixed.get("hop_size", n_fft // 4)), int(fixed.get("win_size", n_fft)),
                                  "reflect", False)]
-        fitter = _Fitter(pairs, sampling_rate, fixed, tolerance, spectra)
+        fitter = _Fitter(pairs, sampling_rate, fixed, tolerance, spectra, dtype)
     else:
-        fitter = _Fitter(pairs, sampling_rate, fixed, tolerance)
+        fitter = _Fitter(pairs, sampling_rate, fixed, tolerance, dtype=dtype)
         structures = _structures(pairs, fixed)
     if not structures:
         return []
@@ -869,8 +897,16 @@ def fit_config(
     candidates.sort(key=lambda c: c.max_error)
     # Verify the best few and every other config the fit puts near the tolerance.
     chosen = candidates[:max_candidates] + [c for c in candidates[max_candidates:] if c.max_error <= 2 * tolerance]
-    verified = [Candidate(c.config, _verify(c, pairs, spectra)) for c in chosen[: 4 * max_candidates]]
+    verified = [Candidate(c.config, _verify(c, pairs, spectra, dtype)) for c in chosen[: 4 * max_candidates]]
     verified.sort(key=lambda c: c.max_error)
+    if verified and verified[0].max_error <= tolerance:
+        best = verified[0].config
+        known = {c.config for c in verified}
+        variants = dict.fromkeys(best.replace(**values) for p in prefer for values in (
+            {"eps": p.eps}, {"clip_val": p.clip_val}, {"eps": p.eps, "clip_val": p.clip_val}))
+        verified += [Candidate(v, _verify(Candidate(v, None), pairs, spectra, dtype))
+                     for v in variants if v not in known]
+        verified.sort(key=lambda c: c.max_error)
     unique: list[Candidate] = []
     for candidate in verified:
         if all(candidate.config != other.config for other in unique):
@@ -884,12 +920,13 @@ def fit_config(
 
 
 def _read_mel(path: Path) -> np.ndarray:
-    """A mel file, ``.npy`` or else ``torch.save``d, as float64 ``(num_mels, frames)``."""
+    """A mel file, ``.npy`` or else ``torch.save``d, as ``(num_mels, frames)``: float32 stays float32
+    (the precision the verification runs in), other dtypes become float64."""
     try:
         mel = read_mel_file(path)
     except ValueError as error:
         raise UsageError(str(error)) from error
-    return _as_2d(mel, str(path))
+    return _as_2d(mel, str(path), keep_precision=True)
 
 
 def _read_audio(path: Path) -> tuple[np.ndarray, int]:
@@ -933,7 +970,7 @@ def identify(
     """Identify the MelConfig of ``mels`` (``(num_mels, frames)`` each).
 
     Args:
-        mels: the log-mels.
+        mels: the log-mels; float64 ones are verified in float64, the others in float32.
         audios: ``(audio (T,), sampling_rate)`` per mel, or None (statistics only).
         presets: preset name -> config, for the closest preset and the override line.
         tolerance: max abs error (mels' units) under which a config reproduces the mels.
@@ -952,7 +989,8 @@ def identify(
     if len(rates) != 1:
         raise UsageError(f"audio at several rates {sorted(rates)}: identify one set at a time")
     rate = rates.pop()
-    candidates = fit_config(arrays, [a for a, _ in audios], rate, tolerance=tolerance)
+    # the mels as given: their dtype sets the precision of the fit (see fit_config)
+    candidates = fit_config(mels, [a for a, _ in audios], rate, tolerance=tolerance, prefer=list(presets.values()))
     if not candidates:
         frames = ", ".join(f"{a.shape[1]} frames / {len(w)} samples" for a, (w, _) in zip(arrays, audios))
         raise UsageError(f"no hop size and padding give these frame counts ({frames}): "
