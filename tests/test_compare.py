@@ -5,7 +5,6 @@ it is there)."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import librosa
@@ -16,8 +15,9 @@ from melvoc import compare
 from melvoc.features import MelConfig
 from melvoc.identify import load_presets
 
+from ._golden import seed_source
+
 COPIES = Path(__file__).resolve().parent / "copies"
-SEED_PAGE = Path(__file__).resolve().parents[2] / "shared" / "seed" / "mel_processing.md"
 PRESETS = load_presets()
 
 
@@ -166,34 +166,29 @@ def test_mel_no_config_reproduces_differs(tmp_path):
 
 # ------------------------------------------------------------------------------------------ the original
 @pytest.fixture(scope="module")
-def original(tmp_path_factory) -> Path:
-    if not SEED_PAGE.is_file():
-        pytest.skip(f"original mel_processing.py not available: {SEED_PAGE} is absent")
-    blocks = re.findall(r"```py(?:thon)?\n(.*?)```", SEED_PAGE.read_text(), re.S)
-    source = next((block for block in blocks if "def mel_spectrogram_torch" in block), None)
-    if source is None:
-        pytest.skip(f"{SEED_PAGE} holds no code block defining mel_spectrogram_torch")
+def original_copy(tmp_path_factory) -> Path:
+    """The original ``mel_processing.py`` as a file (skips, saying why, in a clone without ``../shared``)."""
     path = tmp_path_factory.mktemp("original") / "mel_processing.py"
-    path.write_text(source)
+    path.write_text(seed_source())
     return path
 
 
-def test_original_matches_vits_and_under_hifigan_shows_its_eps(original, tmp_path, capsys):
-    code, data = run(tmp_path, original)
+def test_original_matches_vits_and_under_hifigan_shows_its_eps(original_copy, tmp_path, capsys):
+    code, data = run(tmp_path, original_copy)
     assert code == 0
     assert verdicts(data) == dict.fromkeys(compare.KNOWN, "match")
     assert config_of(data, "mel_spectrogram_torch") == PRESETS["vits_22k"]
     assert "min value" not in capsys.readouterr().out  # its prints on out-of-range audio never fire
     # The README's example: hifigan_22k really has eps 1e-9, which the original does not.
-    code, data = run(tmp_path, original, "--preset", "hifigan_22k")
+    code, data = run(tmp_path, original_copy, "--preset", "hifigan_22k")
     assert code == 0
     assert config_of(data, "mel_spectrogram_torch") == PRESETS["hifigan_22k"].replace(eps=1e-6)
     assert "not preset hifigan_22k's values" in data["functions"]["mel_spectrogram_torch"]["reason"]
     assert config_of(data, "spec_to_mel_torch") == PRESETS["hifigan_22k"]
 
 
-def test_several_presets_key_functions_by_preset(original, tmp_path):
-    code, data = run(tmp_path, original, "--preset", "vits_22k", "--preset", "vocos_24k", "--no-fit")
+def test_several_presets_key_functions_by_preset(original_copy, tmp_path):
+    code, data = run(tmp_path, original_copy, "--preset", "vits_22k", "--preset", "vocos_24k", "--no-fit")
     assert data["functions"]["mel_spectrogram_torch[vits_22k]"]["status"] == "match"
     # Vocos' features (no pre-pad, htk, ln(1e-7)) are not the original's
     assert data["functions"]["mel_spectrogram_torch[vocos_24k]"]["status"] == "differs"
