@@ -7,11 +7,11 @@ All contenders run in the same process, interleaved, on the same inputs; each ti
 over rounds of the original's time divided by melvoc's, each pair timed back to back: > 1 means
 melvoc is faster. The page-fault line counts the minor page faults per call of each contender.
 ``melvoc fast=False`` is melvoc's reference path (what autograd and GPUs run) on calls that would
-take the CPU fast path (``melvoc.features_fast``); the line under the table says what the fast path brings.
+take the CPU fast path (``melvoc.features.fast``); the line under the table says what the fast path brings.
 
 Page faults matter on the CPU: glibc hands freed multi-MB blocks back to the kernel (heap trimming)
 and the next call faults them in again, 4 KiB at a time, which can cost more than the computation.
-melvoc's fast path reuses its buffers (``melvoc.features_fast`` plans); the original allocates per call, and whether
+melvoc's fast path reuses its buffers (``melvoc.features.fast`` plans); the original allocates per call, and whether
 its blocks get trimmed depends on the heap's history, so its time moves between runs.
 ``--allocator keep`` reruns the script with glibc told never to trim or mmap (``GLIBC_TUNABLES``),
 so that no contender faults and the ratio compares computation alone.

@@ -113,7 +113,7 @@ def callback_cost(clips: int) -> None:
     import soundfile as sf
     from torch.utils.data import DataLoader
 
-    from melvoc.callbacks.quality import QualityMetricsCallback
+    from melvoc.training.callbacks.quality import QualityMetricsCallback
     from melvoc.data.synthetic import SyntheticSpec, make_synthetic_dataset
 
     with tempfile.TemporaryDirectory() as cache:

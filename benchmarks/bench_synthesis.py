@@ -22,7 +22,7 @@ Backends (interleaved round by round, on the same input, after ``--warmup`` call
 * ``compile``: ``torch.compile(generator)`` (inductor, static shape), compiled before the timing; where
   compiling fails the error is shown; not run with ``--smoke`` (compiling takes minutes);
 * ``onnxruntime-<level>`` at each ``--ort-levels`` graph optimisation level, ``intra_op_num_threads=threads``;
-* ``stream-N``: :class:`melvoc.streaming.StreamingVocoder` in eager mode, ``--chunk-frames`` N frames per
+* ``stream-N``: :class:`melvoc.deploy.streaming.StreamingVocoder` in eager mode, ``--chunk-frames`` N frames per
   chunk (each chunk recomputes the receptive field's context, so it costs more than one whole call).
 
 BigVGAN at its published size runs about 5x slower than HiFi-GAN V1, so it gets ``--slow-seconds`` of
@@ -170,7 +170,7 @@ def backends(
         dft.head.istft.use_dft_matmul()
         calls["eager-dft"] = eager_call(dft)
     if "stream" in args.backends:
-        from melvoc.streaming import StreamingVocoder
+        from melvoc.deploy.streaming import StreamingVocoder
 
         stream = StreamingVocoder(generator)
 
@@ -190,7 +190,7 @@ def backends(
             errors["compile"] = _error(exc)
     if "onnxruntime" in args.backends:
         try:
-            from melvoc.onnx_export import OnnxVocoder, export_onnx
+            from melvoc.deploy.onnx_export import OnnxVocoder, export_onnx
 
             path = export_onnx(generator, workdir / "generator.onnx")
             array = mel.cpu().numpy()

@@ -138,7 +138,7 @@ def run(tmp_path_factory) -> TrainedRun:
 
 @pytest.fixture(scope="module")
 def exported(run: TrainedRun, tmp_path_factory) -> Path:
-    from melvoc.export import export_generator
+    from melvoc.deploy.export import export_generator
 
     return export_generator(run.checkpoint, tmp_path_factory.mktemp("export") / "generator.pt")
 

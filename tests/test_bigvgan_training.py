@@ -21,10 +21,10 @@ from omegaconf import OmegaConf
 from melvoc.data import AudioDataset
 from melvoc.data.synthetic import SyntheticSpec, make_synthetic_dataset
 from melvoc.features import MelConfig, MelSpectrogram
-from melvoc.finetune import InitFromCheckpoint
-from melvoc.inference import CheckpointError, load_generator, read_checkpoint
+from melvoc.training.finetune import InitFromCheckpoint
+from melvoc.deploy.inference import CheckpointError, load_generator, read_checkpoint
 from melvoc.peers import bigvgan
-from melvoc.runs import run_id
+from melvoc.training.runs import run_id
 from melvoc.training import train, validate_config
 from tests._speech import filelists, speak
 from tests._trained import one_thread
@@ -159,7 +159,7 @@ def test_experiment_recipe_values(name):
     assert (data.batch_size, data.peak_normalize, data.peak_normalize_scope) == (32, 0.95, "crop")
     named = sorted(n for n, d in model.discriminators.items() if d is not None)
     assert named == (["mpd", "mrd"] if v1 else ["cqtd", "mpd"])
-    assert model.mel_loss._target_ == ("melvoc.loss.MelLoss" if v1 else "melvoc.loss.MultiScaleMelLoss")
+    assert model.mel_loss._target_ == ("melvoc.models.mel_loss.MelLoss" if v1 else "melvoc.models.mel_loss.MultiScaleMelLoss")
     assert (model.lambda_mel, model.lambda_fm, model.lambda_adv, model.adversarial_loss) == (
         45.0 if v1 else 15.0, 2.0, 1.0, "lsgan"
     )

@@ -1,4 +1,4 @@
-"""melvoc.callbacks: the mel metric, the media and their union MelLossCallback, with real Lightning Trainers."""
+"""melvoc.training.callbacks: the mel metric, the media and their union MelLossCallback, with real Lightning Trainers."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset
 
-from melvoc.callbacks import MediaCallback, MelL1, MelLossCallback, MelMetricCallback
+from melvoc.training.callbacks import MediaCallback, MelL1, MelLossCallback, MelMetricCallback
 from melvoc.features import MelConfig, mel_spectrogram
-from melvoc.loss import MelLoss
+from melvoc.models.mel_loss import MelLoss
 
 SR = 8000
 CONFIG = MelConfig(sampling_rate=SR, n_fft=256, hop_size=64, win_size=256, num_mels=20)
@@ -309,12 +309,12 @@ def test_media_to_wandb_without_wandb_installed(tmp_path, monkeypatch):
 
 
 def test_media_failure_is_a_warning(tmp_path, monkeypatch):
-    import melvoc.callbacks.media
+    import melvoc.training.callbacks.media
 
     def broken(*args, **kwargs):
         raise RuntimeError("no fonts")
 
-    monkeypatch.setattr(melvoc.callbacks.media, "_render", broken)
+    monkeypatch.setattr(melvoc.training.callbacks.media, "_render", broken)
     with pytest.warns(UserWarning, match="MediaCallback: could not log media.*no fonts"):
         value = _validate(tmp_path, "perturb", batch_size=2, num_media=2)
     assert value == pytest.approx(_expected(), rel=1e-5)
@@ -349,7 +349,7 @@ def test_repeated_last_clip_finds_the_distributed_sampler_repeat():
 
     from torch.utils.data import DistributedSampler
 
-    from melvoc.callbacks.batches import repeated_last_clip
+    from melvoc.training.callbacks.batches import repeated_last_clip
 
     def found(rank: int, batch_idx: int, **loader_args) -> bool:
         sampler = DistributedSampler(Clips(), num_replicas=2, rank=rank, shuffle=False)

@@ -13,7 +13,8 @@ import torch
 
 from melvoc import compare
 from melvoc.features import MelConfig
-from melvoc.identify import load_presets
+from melvoc.features.presets import load_presets
+from melvoc.matching.copies import KNOWN
 
 from ._golden import seed_source
 
@@ -176,7 +177,7 @@ def original_copy(tmp_path_factory) -> Path:
 def test_original_matches_vits_and_under_hifigan_shows_its_eps(original_copy, tmp_path, capsys):
     code, data = run(tmp_path, original_copy)
     assert code == 0
-    assert verdicts(data) == dict.fromkeys(compare.KNOWN, "match")
+    assert verdicts(data) == dict.fromkeys(KNOWN, "match")
     assert config_of(data, "mel_spectrogram_torch") == PRESETS["vits_22k"]
     assert "min value" not in capsys.readouterr().out  # its prints on out-of-range audio never fire
     # The README's example: hifigan_22k really has eps 1e-9, which the original does not.

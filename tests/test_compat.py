@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from melvoc import compat, features
+from melvoc import features
+from melvoc.features import compat
 from melvoc.compat import (
     AudioRangeWarning,
     dynamic_range_compression_torch,
@@ -316,7 +317,7 @@ def test_range_check_environment_variable():
     # A fresh interpreter, because the variable is read when melvoc.compat is imported.
     code = (
         "import importlib, os, warnings, torch\n"
-        "from melvoc import compat\n"
+        "from melvoc.features import compat\n"
         "for value in ('0', 'off', 'False', '1', ''):\n"
         f"    os.environ['{compat.RANGE_CHECK_ENV}'] = value\n"
         "    importlib.reload(compat)\n"

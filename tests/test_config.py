@@ -21,9 +21,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from melvoc import training
-from melvoc.callbacks import MediaCallback, MelMetricCallback
+from melvoc.training import run as training_run
+from melvoc.training.callbacks import MediaCallback, MelMetricCallback
 from melvoc.features import MelConfig
-from melvoc.runs import process_rank, run_id
+from melvoc.training.runs import process_rank, run_id
 from melvoc.training import instantiate_group, required_keys, resolve_ckpt_path, validate_config
 from tests.conftest import path_overrides
 
@@ -429,7 +430,7 @@ def test_ckpt_path_errors_name_what_was_searched(tmp_path):
 
 def test_train_checks_ckpt_path_before_building_anything(compose_cfg, tmp_path, monkeypatch):
     built = []
-    monkeypatch.setattr(training, "instantiate", lambda *a, **k: built.append(a) or None)
+    monkeypatch.setattr(training_run, "instantiate", lambda *a, **k: built.append(a) or None)
     cfg = compose_cfg(["ckpt_path=last", *path_overrides(tmp_path)])
     with pytest.raises(FileNotFoundError, match="ckpt_path=last"):
         training.train(cfg)

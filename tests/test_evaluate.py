@@ -12,7 +12,8 @@ import pytest
 import soundfile as sf
 import soxr
 
-from melvoc.evaluate import EvaluationError, evaluate, main
+from melvoc.evaluate import main
+from melvoc.evaluation.scoring import EvaluationError, evaluate
 from melvoc.metrics import score
 from tests.test_metrics import low_pass, speech, white_noise
 

@@ -11,9 +11,10 @@ import torch
 from hydra.utils import instantiate
 
 import melvoc
-from melvoc.export import export_generator, main
+from melvoc.deploy.export import export_generator
+from melvoc.export import main
 from melvoc.features import MelConfig
-from melvoc.inference import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, CheckpointError, load_generator, read_checkpoint
+from melvoc.deploy.inference import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, CheckpointError, load_generator, read_checkpoint
 from melvoc.models import GANVocoder, HiFiGANGenerator
 from tests._trained import TrainedRun, _one_thread, exported, legacy_checkpoint, legacy_export, run  # noqa: F401
 
@@ -83,9 +84,9 @@ def test_load_generator_returns_an_eval_generator_with_its_mel_config(run, expor
 def test_import_melvoc_does_not_import_lightning():
     code = (
         "import sys, melvoc\n"
-        "assert 'lightning' not in sys.modules and 'melvoc.inference' not in sys.modules\n"
+        "assert 'lightning' not in sys.modules and 'melvoc.deploy.inference' not in sys.modules\n"
         "from melvoc import load_generator\n"
-        "assert load_generator.__module__ == 'melvoc.inference'\n"
+        "assert load_generator.__module__ == 'melvoc.deploy.inference'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 

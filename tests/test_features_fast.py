@@ -1,4 +1,4 @@
-"""melvoc.features_fast: the CPU no-grad fast path equals the reference path; its plans stay bounded."""
+"""melvoc.features.fast: the CPU no-grad fast path equals the reference path; its plans stay bounded."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from melvoc import features as F
-from melvoc import features_fast as FF
+from melvoc.features import fast as FF
 from melvoc.features import MelConfig, MelSpectrogram, mel_spectrogram, num_frames
 
 from .conftest import REPO

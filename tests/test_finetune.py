@@ -14,8 +14,8 @@ from omegaconf.errors import MissingMandatoryValue
 
 from melvoc.data import audio_info, read_audio
 from melvoc.features import MelSpectrogram
-from melvoc.finetune import InitFromCheckpoint
-from melvoc.inference import CheckpointError, load_generator, read_checkpoint
+from melvoc.training.finetune import InitFromCheckpoint
+from melvoc.deploy.inference import CheckpointError, load_generator, read_checkpoint
 from melvoc.training import train, validate_config
 from tests._trained import TINY_RUN, TrainedRun, _one_thread, exported, legacy_checkpoint, run  # noqa: F401
 from tests.conftest import compose_config
@@ -124,7 +124,7 @@ def test_discriminators_that_do_not_fit(run, caplog):
     overrides = ("model.discriminators.mpd.channels=[8,16,32,64,64]",)
     model = _model(*overrides)
     before = {k: v.clone() for k, v in model.discriminators.mpd.state_dict().items()}
-    with caplog.at_level(logging.WARNING, logger="melvoc.finetune"):
+    with caplog.at_level(logging.WARNING, logger="melvoc.training.finetune"):
         loaded = InitFromCheckpoint(run.checkpoint).apply(model)
     # by name: the MPD that does not fit starts fresh, the MSD that fits is loaded
     assert loaded["generator"] and loaded["discriminators"] == ["msd"]

@@ -12,13 +12,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from melvoc import identify
+from melvoc import identify as identify_cli
 from melvoc.data.dataset import AudioDataset
 from melvoc.features import MelConfig, MelSpectrogram, mel_spectrogram
-from melvoc.identify import MelMismatchError, check_mel_statistics
+from melvoc.features.presets import load_presets, override_line
+from melvoc.features.statistics import MelMismatchError, check_mel_statistics, mel_statistics
+from melvoc.matching.identify import DEFAULT_TOLERANCE, identify
 from tests.conftest import FIXTURES, compose_config
 
-PRESETS = identify.load_presets()
+PRESETS = load_presets()
 PEERS = {  # fixture folder -> (the preset its features are, the peer's audio rate)
     "hifigan_v2": ("hifigan_22k", 22050),
     "hifigan_v3": ("hifigan_22k", 22050),
@@ -55,14 +57,14 @@ def test_every_preset_is_identified_from_its_mels_and_audio(name):
     audio = [speechlike(config.sampling_rate, 1.0, seed) for seed in range(2)]
     features = MelSpectrogram(config)  # the feature path training runs
     mels = [features(torch.from_numpy(a)).numpy() for a in audio]
-    result = identify.identify(mels, [(a.astype(np.float64), config.sampling_rate) for a in audio], presets=PRESETS)
+    result = identify(mels, [(a.astype(np.float64), config.sampling_rate) for a in audio], presets=PRESETS)
     # The verification is that feature path (in the mels' float32), not another computation: bit for bit.
     assert result.reproduces and result.max_error == 0.0
     assert equivalent(MelConfig(**result.config), config), result.config
     assert result.preset == name and result.override == f"features={name}"
     # every other candidate reproduces the mels too, and differs from the reported config
     for candidate in result.candidates:
-        assert candidate.max_error <= identify.DEFAULT_TOLERANCE
+        assert candidate.max_error <= DEFAULT_TOLERANCE
         assert not equivalent(candidate.config, config)
 
 
@@ -70,7 +72,7 @@ def test_every_preset_is_identified_from_its_mels_and_audio(name):
 def test_peer_features_are_identified_with_their_audio(folder):
     preset, rate = PEERS[folder]
     data = np.load(FIXTURES / "peers" / folder / "io.npz")
-    result = identify.identify([data["mel"]], [(data["audio_in"].astype(np.float64), rate)], presets=PRESETS)
+    result = identify([data["mel"]], [(data["audio_in"].astype(np.float64), rate)], presets=PRESETS)
     assert result.reproduces, result.max_error
     assert result.preset == preset and result.override == f"features={preset}"
     assert equivalent(MelConfig(**result.config), PRESETS[preset])
@@ -140,7 +142,7 @@ def test_mels_of_vocos_feature_code_are_identified(tmp_path, capsys):
         else:
             np.save(mel_paths[-1], mel.numpy())
     out = tmp_path / "found.json"
-    code = identify.main([*map(str, mel_paths), "--audio", *map(str, audio_paths), "--json", str(out)])
+    code = identify_cli.main([*map(str, mel_paths), "--audio", *map(str, audio_paths), "--json", str(out)])
     text = capsys.readouterr().out
     assert code == 0, text
     assert "reproduced: max error" in text and "override: features=vocos_24k\n" in text
@@ -159,7 +161,7 @@ def test_mels_of_vocos_feature_code_are_identified(tmp_path, capsys):
 ], ids=["16k-win640-log10-htk", "fmax7123", "center", "zeros-pad"])
 def test_configs_off_the_presets_are_found(config):
     mels, audio = preset_mels(config)
-    result = identify.identify(mels, [(a.astype(np.float64), config.sampling_rate) for a in audio], presets=PRESETS)
+    result = identify(mels, [(a.astype(np.float64), config.sampling_rate) for a in audio], presets=PRESETS)
     assert result.reproduces
     found = MelConfig(**result.config)
     open_knobs = {note.split(":")[0] for note in result.open}
@@ -175,18 +177,18 @@ def test_eps_and_floor_off_the_presets_are_fitted_exactly():
     # RVC-style: eps 2e-7; the floor 2e-6 binds once eps is small enough to let silence reach it.
     config = MelConfig(40000, 2048, 400, 2048, 125, eps=1e-12, clip_val=2e-6)
     mels, audio = preset_mels(config, count=1)
-    result = identify.identify(mels, [(audio[0].astype(np.float64), 40000)], presets=PRESETS)
+    result = identify(mels, [(audio[0].astype(np.float64), 40000)], presets=PRESETS)
     assert result.reproduces and result.config["clip_val"] == 2e-6
     config = MelConfig(22050, 1024, 256, 1024, 80, eps=2e-7)
     mels, audio = preset_mels(config, count=1)
-    result = identify.identify(mels, [(audio[0].astype(np.float64), 22050)], presets=PRESETS)
+    result = identify(mels, [(audio[0].astype(np.float64), 22050)], presets=PRESETS)
     assert result.reproduces and result.config["eps"] == 2e-7
     assert result.override == "features=vits_22k features.eps=2e-07"
 
 
 def test_override_line_composes_to_the_config():
     config = PRESETS["hifigan_22k"].replace(fmax=7600.0, eps=1e-8, mel_scale="htk", mel_norm=None)
-    preset, override = identify.override_line(config, PRESETS)
+    preset, override = override_line(config, PRESETS)
     assert preset == "hifigan_22k"
     assert override == ("features=hifigan_22k features.fmax=7600.0 features.eps=1e-08 features.mel_scale=htk "
                         "features.mel_norm=null")
@@ -194,7 +196,7 @@ def test_override_line_composes_to_the_config():
     assert MelConfig.coerce(composed.features) == config
     # the null of fmax survives Hydra's parser too
     null_fmax = PRESETS["vocos_24k"].replace(fmax=None, num_mels=80)
-    assert MelConfig.coerce(compose_config(identify.override_line(null_fmax, PRESETS)[1].split()).features) == null_fmax
+    assert MelConfig.coerce(compose_config(override_line(null_fmax, PRESETS)[1].split()).features) == null_fmax
 
 
 # ---------------------------------------------------------------------------------------- without audio
@@ -202,7 +204,7 @@ def test_override_line_composes_to_the_config():
 def test_every_preset_without_audio_gives_num_mels_floor_and_open_knobs(name):
     config = PRESETS[name]
     mels, _ = preset_mels(config)
-    result = identify.identify(mels, None, presets=PRESETS)
+    result = identify(mels, None, presets=PRESETS)
     assert result.max_error is None and not result.reproduces
     assert result.config["num_mels"] == config.num_mels
     floor_binds = config.eps == 0 or math.sqrt(config.eps) * 0.02 < config.clip_val
@@ -221,7 +223,7 @@ def test_every_preset_without_audio_gives_num_mels_floor_and_open_knobs(name):
 @pytest.mark.parametrize("folder", sorted(PEERS))
 def test_peer_mels_without_audio(folder):
     data = np.load(FIXTURES / "peers" / folder / "io.npz")
-    result = identify.identify([data["mel"]], None, presets=PRESETS)
+    result = identify([data["mel"]], None, presets=PRESETS)
     assert result.config == {"num_mels": data["mel"].shape[1]}
     assert result.statistics.floor is None and result.statistics.normalisation is None
     assert {"log_base", "clip_val", "eps", "fmax"} <= set(result.open)
@@ -233,12 +235,12 @@ def test_normalised_mels_are_recognised():
     stacked = np.concatenate(mels, axis=1)
     mean, std = stacked.mean(axis=1, keepdims=True), stacked.std(axis=1, keepdims=True)
     espnet = [(m - mean) / std for m in mels]
-    assert "ESPnet" in identify.mel_statistics(espnet).normalisation
+    assert "ESPnet" in mel_statistics(espnet).normalisation
     # Coqui TTS: 20*log10(clamp(mel, 1e-5)) - 20 dB, scaled from [-100, 0] dB to [-4, 4] and clipped.
     decibels = [20 * np.log10(np.maximum(np.exp(m), 1e-5)) - 20 for m in mels]
     coqui = [np.clip(8 * (d + 100) / 100 - 4, -4, 4) for d in decibels]
-    assert "Coqui" in identify.mel_statistics(coqui).normalisation
-    assert "dB" in identify.mel_statistics(decibels).normalisation
+    assert "Coqui" in mel_statistics(coqui).normalisation
+    assert "dB" in mel_statistics(decibels).normalisation
 
 
 # ------------------------------------------------------------------------------------------ command line
@@ -265,7 +267,7 @@ def test_cli_with_audio_writes_the_json_layout(tmp_path, capsys):
     mel_paths, audio_paths = _write_set(tmp_path, PRESETS["bigvgan_24k"])
     out = tmp_path / "found.json"
     # audio given in the other order: paired by stem
-    code = identify.main([*map(str, mel_paths), "--audio", *map(str, reversed(audio_paths)), "--json", str(out)])
+    code = identify_cli.main([*map(str, mel_paths), "--audio", *map(str, reversed(audio_paths)), "--json", str(out)])
     text = capsys.readouterr().out
     assert code == 0, text
     assert "reproduced: max error" in text and "override: features=bigvgan_24k" in text
@@ -273,7 +275,7 @@ def test_cli_with_audio_writes_the_json_layout(tmp_path, capsys):
     assert set(result) == {"config", "max_error", "preset", "override", "candidates"}
     assert equivalent(MelConfig(**result["config"]), PRESETS["bigvgan_24k"])
     assert result["preset"] == "bigvgan_24k" and result["override"] == "features=bigvgan_24k"
-    assert result["max_error"] <= identify.DEFAULT_TOLERANCE
+    assert result["max_error"] <= DEFAULT_TOLERANCE
     assert all(set(c) == {"config", "max_error", "preset", "override"} for c in result["candidates"])
 
 
@@ -281,7 +283,7 @@ def test_cli_with_audio_writes_the_json_layout(tmp_path, capsys):
 def test_cli_without_audio_and_when_nothing_reproduces(tmp_path, capsys):
     mel_paths, audio_paths = _write_set(tmp_path, PRESETS["vocos_24k"])
     out = tmp_path / "stats.json"
-    assert identify.main([*map(str, mel_paths), "--json", str(out)]) == 0
+    assert identify_cli.main([*map(str, mel_paths), "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "log floor reached at -16.12 = ln(1e-7), Vocos-style" in text
     assert json.loads(out.read_text()) == {
@@ -292,25 +294,25 @@ def test_cli_without_audio_and_when_nothing_reproduces(tmp_path, capsys):
     }
     # Power (not magnitude) mels: no MelConfig makes them; the best candidates are listed with errors.
     for path in mel_paths:
-        mel = identify._read_mel(path)
+        mel = identify_cli._read_mel(path)
         np.save(path.with_suffix(".npy"), np.log(np.maximum(np.exp(mel) ** 2, 1e-7)))
     npys = [p.with_suffix(".npy") for p in mel_paths]
-    code = identify.main([*map(str, npys), "--audio", *map(str, audio_paths), "--json", str(out)])
+    code = identify_cli.main([*map(str, npys), "--audio", *map(str, audio_paths), "--json", str(out)])
     text = capsys.readouterr().out
     assert code == 1
     assert "NOT reproduced by any config searched" in text and "next best candidates:" in text
     result = json.loads(out.read_text())
-    assert result["max_error"] > identify.DEFAULT_TOLERANCE and result["candidates"]
+    assert result["max_error"] > DEFAULT_TOLERANCE and result["candidates"]
 
 
 def test_cli_usage_errors(tmp_path, capsys):
     mel_paths, audio_paths = _write_set(tmp_path, PRESETS["vits_22k"])
-    assert identify.main([str(tmp_path / "absent.npy")]) == 2
+    assert identify_cli.main([str(tmp_path / "absent.npy")]) == 2
     assert "absent.npy: file not found" in capsys.readouterr().err
-    assert identify.main([*map(str, mel_paths), "--audio", str(audio_paths[0])]) == 2
+    assert identify_cli.main([*map(str, mel_paths), "--audio", str(audio_paths[0])]) == 2
     assert "2 mel file(s) and 1 audio file(s)" in capsys.readouterr().err
     np.save(tmp_path / "flat.npy", np.zeros(10))
-    assert identify.main([str(tmp_path / "flat.npy")]) == 2
+    assert identify_cli.main([str(tmp_path / "flat.npy")]) == 2
     assert "expected (num_mels, frames)" in capsys.readouterr().err
 
 

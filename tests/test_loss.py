@@ -1,4 +1,4 @@
-"""melvoc.loss: MelLoss and MultiScaleMelLoss against direct feature computations."""
+"""melvoc.models.mel_loss: MelLoss and MultiScaleMelLoss against direct feature computations."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from melvoc.features import MelConfig, mel_spectrogram, num_frames
-from melvoc.loss import MelLoss, MultiScaleMelLoss, pad_like_unpadded, valid_frames
+from melvoc.features.padded import pad_like_unpadded, valid_frames
+from melvoc.models.mel_loss import MelLoss, MultiScaleMelLoss
 
 SR = 16000
 CONFIG = MelConfig(sampling_rate=SR, n_fft=512, hop_size=128, win_size=512, num_mels=40)

@@ -247,7 +247,7 @@ def test_mean_ci95():
 def test_without_the_pesq_package_pesq_is_refused_with_the_fix_and_the_rest_works(clips, monkeypatch):
     """pesq is optional (it builds from source): where it is absent, asking for it names the two ways out."""
     from melvoc import metrics
-    from melvoc.callbacks import QualityMetricsCallback
+    from melvoc.training.callbacks import QualityMetricsCallback
     from melvoc.metrics import perceptual
 
     monkeypatch.setattr(metrics, "pesq_available", lambda: False)

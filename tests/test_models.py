@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from melvoc.features import MelConfig, MelSpectrogram
-from melvoc.inference import load_generator
+from melvoc.deploy.inference import load_generator
 from melvoc.models import (
     GANVocoder,
     VocoderGenerator,
@@ -619,7 +619,7 @@ def test_hop512_preset_instantiates_with_44k_features():
 
 
 def test_multiscale_mel_loss_is_selectable():
-    from melvoc.loss import MelLoss, MultiScaleMelLoss
+    from melvoc.models.mel_loss import MelLoss, MultiScaleMelLoss
 
     assert type(_tiny_module().mel_loss) is MelLoss
     model = _tiny_module("model/mel_loss=multiscale")
@@ -713,6 +713,18 @@ def test_val_mel_l1_does_not_depend_on_the_validation_batch_size(run, tmp_path):
 
 
 
+def test_checkpoint_naming_the_mel_loss_by_its_old_module_loads(run, tmp_path):
+    """Checkpoints written before the layout change name ``melvoc.loss.MelLoss``; they still load."""
+    data = torch.load(run.checkpoint, map_location="cpu", weights_only=False)
+    assert data["hyper_parameters"]["mel_loss"]["_target_"] == "melvoc.models.mel_loss.MelLoss"
+    data["hyper_parameters"]["mel_loss"]["_target_"] = "melvoc.loss.MelLoss"
+    old = tmp_path / "old.ckpt"
+    torch.save(data, old)
+    model = GANVocoder.load_from_checkpoint(old, map_location="cpu")
+    assert type(model.mel_loss).__module__ == "melvoc.models.mel_loss" and model.hparams.mel_loss["_target_"].endswith(
+        "models.mel_loss.MelLoss")
+
+
 # ----------------------------------------------------------------- a new family: a class and a YAML file
 
 
@@ -757,7 +769,7 @@ lambda_adv: 1.0
 lambda_fm: 2.0
 lambda_mel: 45.0
 mel_loss:
-  _target_: melvoc.loss.MelLoss
+  _target_: melvoc.models.mel_loss.MelLoss
   config: ${{loss_features}}
 optimizer_g:
   _target_: torch.optim.AdamW

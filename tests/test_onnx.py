@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from melvoc.export import main as export_main
-from melvoc.inference import load_generator
-from melvoc.onnx_export import (
+from melvoc.deploy.inference import load_generator
+from melvoc.deploy.onnx_export import (
     ONNX_FORMAT,
     ONNX_OPSET,
     FeatureMismatchError,
@@ -24,7 +24,7 @@ from melvoc.onnx_export import (
     OnnxVocoder,
     export_onnx,
 )
-from melvoc.streaming import MelInputError
+from melvoc.deploy.streaming import MelInputError
 from tests._trained import _one_thread, run  # noqa: F401 (fixtures)
 from tests.test_streaming import NARROW, OTHER_FAMILIES, hifigan
 

@@ -1,4 +1,4 @@
-"""melvoc.callbacks.quality.QualityMetricsCallback in real Lightning Trainers on CPU."""
+"""melvoc.training.callbacks.quality.QualityMetricsCallback in real Lightning Trainers on CPU."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 
-from melvoc.callbacks.quality import QualityMetricsCallback
+from melvoc.training.callbacks.quality import QualityMetricsCallback
 from melvoc.data.synthetic import synthesize_clip
 from melvoc.metrics import score
 

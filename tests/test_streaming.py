@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from melvoc.features import MelConfig
 from melvoc.models.bigvgan import BigVGANGenerator
 from melvoc.models.vocos import VocosGenerator
-from melvoc.streaming import (
+from melvoc.deploy.streaming import (
     Conv,
     ConvTranspose,
     MelInputError,

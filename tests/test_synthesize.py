@@ -11,8 +11,9 @@ import soxr
 import torch
 
 from melvoc.data.io import AudioDataError
-from melvoc.inference import CheckpointError
-from melvoc.synthesize import SynthesisError, collect_inputs, load_mel_file, main, synthesize
+from melvoc.deploy.inference import CheckpointError
+from melvoc.deploy.synthesize import SynthesisError, collect_inputs, load_mel_file, synthesize
+from melvoc.synthesize import main
 from tests._trained import _one_thread, exported, run  # noqa: F401 (fixtures)
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from melvoc.data.synthetic import SyntheticSpec, make_synthetic_dataset
-from melvoc.runs import run_id
+from melvoc.training.runs import run_id
 from melvoc.training import LAST_CKPT, format_summary, train
 from tests.conftest import path_overrides
 

@@ -20,8 +20,8 @@ import yaml
 from hydra.utils import instantiate
 
 from melvoc.features import MelConfig
-from melvoc.finetune import InitFromCheckpoint
-from melvoc.inference import CheckpointError, load_generator
+from melvoc.training.finetune import InitFromCheckpoint
+from melvoc.deploy.inference import CheckpointError, load_generator
 from melvoc.models import GANVocoder, MultiPeriodDiscriminator
 from melvoc.models.stft_discriminators import MultiBandDiscriminator
 from melvoc.models.vocos import VocosGenerator

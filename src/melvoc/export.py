@@ -1,59 +1,24 @@
-"""Export a trained generator for inference: ``python -m melvoc.export CKPT OUT``.
-
-The output is a generator-only ``torch.save`` file: weights with weight norm folded in, the feature
-config and the generator node (``_target_`` and constructor arguments), a format version and where it
-came from; no discriminators, optimizer state or training loop state (HiFi-GAN V1: 13.9 M parameters, ~55 MB).
-Load it with :func:`melvoc.load_generator`; it gives the same output as the checkpoint's generator.
+"""``python -m melvoc.export CKPT OUT``: a generator-only file for inference (``.pt``), or an ONNX graph
+(``.onnx``), from a training checkpoint.
 
     python -m melvoc.export logs/train/runs/<run>/checkpoints/last.ckpt generator.pt
-    python -m melvoc.synthesize --checkpoint generator.pt clip.wav
+    python -m melvoc.export last.ckpt vocoder.onnx
 
-An output ending in ``.onnx`` is written as an ONNX graph instead (:mod:`melvoc.onnx_export`; needs
-``pip install 'melvoc[onnx]'``).
+The command around :func:`melvoc.deploy.export.export_generator` and
+:func:`melvoc.deploy.onnx_export.export_onnx`.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
+from melvoc.deploy.export import export_generator
+from melvoc.deploy.inference import CheckpointError, read_checkpoint
 
-from melvoc.inference import CheckpointError, GeneratorCheckpoint, export_state, read_checkpoint
-
-__all__ = ["export_generator", "main"]
-
-log = logging.getLogger(__name__)
-
-
-def export_generator(checkpoint: str | os.PathLike, output: str | os.PathLike, *, overwrite: bool = True) -> Path:
-    """Write the generator of ``checkpoint`` (training checkpoint or export) to ``output``; return its path.
-
-    Raises:
-        FileNotFoundError: ``checkpoint`` does not exist.
-        CheckpointError: ``checkpoint`` is not a melvoc checkpoint.
-        FileExistsError: ``output`` exists and ``overwrite`` is false, or it is ``checkpoint`` itself.
-    """
-    source: GeneratorCheckpoint = read_checkpoint(checkpoint)
-    output = Path(output).expanduser()
-    if output.exists() and output.resolve() == source.path.resolve():
-        raise FileExistsError(f"{output}: is the input checkpoint; give another output path")
-    if output.is_dir():
-        raise IsADirectoryError(f"{output}: is a folder; give a file name, e.g. {output / 'generator.pt'}")
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output}: exists; remove it or allow overwriting (--force)")
-    state = export_state(source)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    # Write next to the target and rename, so an interrupted export never leaves half a file behind.
-    partial = output.with_name(output.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, output)
-    log.info("exported the generator of %s to %s", source.path, output)
-    return output
+__all__ = ["main"]
 
 
 def _size(path: Path) -> str:
@@ -96,7 +61,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _main_onnx(checkpoint: Path, output: Path, force: bool) -> int:
-    from melvoc.onnx_export import ONNX_OPSET, OnnxDependencyError, OnnxVocoder, export_onnx
+    from melvoc.deploy.onnx_export import ONNX_OPSET, OnnxDependencyError, OnnxVocoder, export_onnx
 
     try:
         export_onnx(checkpoint, output, overwrite=force)

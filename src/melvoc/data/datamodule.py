@@ -26,7 +26,7 @@ from melvoc.data.sources import (
 )
 from melvoc.data.synthetic import SyntheticSpec, make_synthetic_dataset
 from melvoc.features import MelConfig, MelSpectrogram
-from melvoc.loss import pad_like_unpadded
+from melvoc.features.padded import pad_like_unpadded
 
 __all__ = ["VocoderDataModule", "auto_num_workers", "auto_val_count"]
 

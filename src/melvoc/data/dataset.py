@@ -25,7 +25,8 @@ from melvoc.data.io import (
 )
 from melvoc.data.sources import AudioEntry, OnError, check_on_error
 from melvoc.features import MelConfig, min_audio_length
-from melvoc.mel_files import MEL_FILE_SUFFIXES, read_mel_file
+from melvoc.features.mel_files import MEL_FILE_SUFFIXES, read_mel_file
+from melvoc.features.statistics import check_mel_files
 
 __all__ = ["AudioDataset", "ShortClips", "load_mel", "silence_log_mel"]
 
@@ -200,9 +201,6 @@ class AudioDataset(Dataset):
                 "and data.root (see the messages above)"
             )
         if self.check_mel_stats:
-            # Imported here: melvoc.identify imports melvoc.data.io, whose package imports this module.
-            from melvoc.identify import check_mel_files
-
             check_mel_files([p for p in mel_paths if p is not None], self.features,
                             against="the features of this run", fix="set data.check_mel_stats=false to train on them anyway")
         self.infos = infos

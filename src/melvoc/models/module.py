@@ -72,13 +72,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# Classes that moved, as checkpoints written before the move name them.
+_MOVED_TARGETS = {
+    "melvoc.loss.MelLoss": "melvoc.models.mel_loss.MelLoss",
+    "melvoc.loss.MultiScaleMelLoss": "melvoc.models.mel_loss.MultiScaleMelLoss",
+}
+
+
 def _node(value: Any, where: str, *, optional: bool = False) -> Optional[dict[str, Any]]:
     value = _plain(value)
     if value is None and optional:
         return None
     if not isinstance(value, dict) or "_target_" not in value:
         raise ValueError(f"{where} must be a `_target_` node, got {value!r}")
-    return value
+    moved = _MOVED_TARGETS.get(value["_target_"])
+    return value if moved is None else {**value, "_target_": moved}
 
 
 def _build(node: Node) -> Any:
@@ -146,7 +154,7 @@ class GANVocoder(L.LightningModule):
         sub_discriminator_reduction: ``"sum"`` or ``"mean"`` of each loss over a discriminator's
             sub-discriminators.
         lambda_adv, lambda_fm, lambda_mel: weights of the adversarial, feature-matching and mel terms.
-        mel_loss: ``_target_`` node of the reconstruction loss (``melvoc.loss.MelLoss`` or
+        mel_loss: ``_target_`` node of the reconstruction loss (``melvoc.models.mel_loss.MelLoss`` or
             ``MultiScaleMelLoss``), called as ``mel_loss(audio_hat, audio)``.
         optimizer_g, optimizer_d: ``_partial_`` optimizer nodes, called with ``params=``.
         scheduler_g, scheduler_d: ``_partial_`` scheduler nodes, called with ``optimizer=``, or ``None``.

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from melvoc.features import MelConfig
-from melvoc.streaming import check_mel
+from melvoc.deploy.streaming import check_mel
 
 __all__ = [
     "INSTALL_HINT",
@@ -156,7 +156,7 @@ def export_onnx(
     if output.is_dir():
         raise IsADirectoryError(f"{output}: is a folder; give a file name, e.g. {output / 'vocoder.onnx'}")
     if not isinstance(source, nn.Module):
-        from melvoc.inference import load_generator
+        from melvoc.deploy.inference import load_generator
 
         source_path = Path(source).expanduser()
         if output.exists() and output.resolve() == source_path.resolve():

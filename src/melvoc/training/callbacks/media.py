@@ -15,9 +15,9 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
-from melvoc.callbacks.batches import step_audio
+from melvoc.training.callbacks.batches import step_audio
 from melvoc.features import MelConfig
-from melvoc.loss import MelLoss
+from melvoc.models.mel_loss import MelLoss
 
 __all__ = ["MediaCallback"]
 
@@ -42,7 +42,7 @@ class MediaCallback(Callback):
     every standalone ``trainer.validate``; never in the sanity check, ``fast_dev_run`` or ``test``):
     for each clip a figure with the reference log-mel, the predicted log-mel and their difference,
     and both audios, trimmed to the clip's valid samples and frames (``batch["lengths"]``). The mels
-    are :meth:`melvoc.loss.MelLoss.mel_pair` with ``config``, the mels that ``val/mel_l1`` compares.
+    are :meth:`melvoc.models.mel_loss.MelLoss.mel_pair` with ``config``, the mels that ``val/mel_l1`` compares.
     TensorBoard gets ``add_image`` / ``add_audio`` under ``val_media/<NN>_<clip>/``, Weights & Biases
     ``log_image`` / ``log_audio`` under ``val_media/``, any other logger (CSV) or no logger PNG and
     WAV files under ``<log dir>/media/epoch=NNN/``. Failures to render or write are warnings, never

@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from melvoc.features import MelConfig
-from melvoc.inference import CheckpointError, GeneratorCheckpoint, read_checkpoint, weight_norm_state
+from melvoc.deploy.inference import CheckpointError, GeneratorCheckpoint, read_checkpoint, weight_norm_state
 
 __all__ = ["InitFromCheckpoint"]
 

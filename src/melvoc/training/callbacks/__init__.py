@@ -8,11 +8,11 @@
 * :class:`QualityMetricsCallback` (``quality.py``) logs ``val/pesq``, ``val/mstft``, ``val/mcd``,
   ``val/periodicity`` and ``val/vuv_f1`` (:mod:`melvoc.metrics`) on a subset of clips every N validations.
 * :class:`MelLossCallback` is both in one callback, as it was before they were split: configs and
-  code that name ``melvoc.callbacks.MelLossCallback`` keep working unchanged.
+  code that name ``MelLossCallback`` keep working unchanged.
 
 All of them work with any ``LightningModule`` whose ``validation_step`` / ``test_step`` returns
 ``{"audio_hat": (B, T') or (B, 1, T')}`` for a batch ``{"audio": (B, T), "lengths": (B,),
-"names": [...]}`` (see :mod:`melvoc.callbacks.batches`).
+"names": [...]}`` (see :mod:`melvoc.training.callbacks.batches`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from melvoc.callbacks.media import MediaCallback
-from melvoc.callbacks.mel_metric import MelL1, MelMetricCallback
-from melvoc.callbacks.quality import QualityMetricsCallback
+from melvoc.training.callbacks.media import MediaCallback
+from melvoc.training.callbacks.mel_metric import MelL1, MelMetricCallback
+from melvoc.training.callbacks.quality import QualityMetricsCallback
 
 __all__ = ["MediaCallback", "MelL1", "MelLossCallback", "MelMetricCallback", "QualityMetricsCallback"]
 

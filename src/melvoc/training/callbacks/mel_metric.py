@@ -2,7 +2,7 @@
 
 :class:`MelL1` is a ``torchmetrics.Metric`` with two states, the summed absolute log-mel error and
 the number of valid frames, both summed across processes, so the reduced value is exact for any
-number of processes. The error itself is :meth:`melvoc.loss.MelLoss.l1_sum`: the metric and the
+number of processes. The error itself is :meth:`melvoc.models.mel_loss.MelLoss.l1_sum`: the metric and the
 training loss cannot drift apart. :class:`MelMetricCallback` feeds it every validation / test
 batch and logs the result at the end of the epoch.
 """
@@ -18,9 +18,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from torchmetrics import Metric
 
-from melvoc.callbacks.batches import repeated_last_clip, step_audio
+from melvoc.training.callbacks.batches import repeated_last_clip, step_audio
 from melvoc.features import MelConfig
-from melvoc.loss import MelLoss
+from melvoc.models.mel_loss import MelLoss
 
 __all__ = ["MelL1", "MelMetricCallback"]
 
@@ -28,7 +28,7 @@ __all__ = ["MelL1", "MelMetricCallback"]
 class MelL1(Metric):
     """Frame-weighted mean ``|logmel(audio_hat) - logmel(audio)|`` per mel band over valid frames.
 
-    ``update`` adds :meth:`MelLoss.l1_sum <melvoc.loss.MelLoss.l1_sum>` of a batch to the ``sum``
+    ``update`` adds :meth:`MelLoss.l1_sum <melvoc.models.mel_loss.MelLoss.l1_sum>` of a batch to the ``sum``
     state and its valid frames to ``count``: with ``lengths`` every clip is framed as if it were
     alone, so the value does not depend on how clips are batched. Both states are float64 (long
     epochs stay exact) and reduced by sum across processes; ``compute`` returns
@@ -74,7 +74,7 @@ class MelMetricCallback(Callback):
 
     On every batch the reference log-mel of ``batch[audio_key]`` and the predicted log-mel of
     ``outputs[output_key]`` are computed on the batch's device with ``config`` (the
-    ``loss_features``, as :class:`melvoc.loss.MelLoss` does), masked to each clip's valid frames
+    ``loss_features``, as :class:`melvoc.models.mel_loss.MelLoss` does), masked to each clip's valid frames
     (``batch["lengths"]``) and accumulated in device tensors: no host reads per batch. At epoch end
     the states are summed across processes and the frame-weighted mean is logged (``val/mel_l1``
     also on the progress bar). Clips that Lightning's ``DistributedSampler`` repeats to even out

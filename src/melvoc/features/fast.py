@@ -1,8 +1,8 @@
-"""The CPU fast path of :mod:`melvoc.features`: log-mel without autograd, equal to the reference path.
+"""The CPU fast path: log-mel without autograd, equal to the reference path (:mod:`melvoc.features.reference`).
 
-:mod:`melvoc.features` takes it for a call when the module's (or function's) ``fast`` switch is on
+:mod:`melvoc.features.functional` takes it for a call when the module's (or function's) ``fast`` switch is on
 (the default), the audio is on the CPU, nothing needs a gradient and ``torch.compile`` is not
-tracing. It computes what ``features._log_mel`` computes, in the same steps, with the differences
+tracing. It computes what ``reference.log_mel`` computes, in the same steps, with the differences
 that the benchmark (``benchmarks/bench_features.py``) shows to pay (its ``melvoc fast=False`` column
 is the reference path on the same calls):
 
@@ -27,16 +27,14 @@ from __future__ import annotations
 import threading
 import warnings
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
-from melvoc import features  # the reference path; importing each other is fine, neither runs code at import
-
-if TYPE_CHECKING:
-    from melvoc.features import MelConfig
+from melvoc.features.config import MelConfig, num_frames
+from melvoc.features.reference import pad_for_stft
 
 _compiling: Callable[[], bool] = torch.compiler.is_compiling
 
@@ -59,7 +57,7 @@ def log_mel(batch: Tensor, window: Tensor, basis: Tensor, config: MelConfig) -> 
     plan = _plans.acquire(config, size, length, batch.dtype, projection)
     try:
         if plan.padded is None:  # zeros, none or center: pads allocated per call (not in the benchmark)
-            source = features._pad_for_stft(batch, config)
+            source = pad_for_stft(batch, config)
         else:
             left, right = plan.edges
             edges = [batch.index_select(1, left), batch, batch.index_select(1, right)]
@@ -125,7 +123,7 @@ class _Plan:
     """Buffers for one (config, batch size, length, dtype), and the bags of the projection last used with it."""
 
     def __init__(self, config: MelConfig, size: int, length: int, dtype: torch.dtype, bins: int) -> None:
-        count = features.num_frames(length, config)
+        count = num_frames(length, config)
         self.lock = threading.Lock()
         self.bags: tuple[Tensor, Tensor, Tensor] = ()  # type: ignore[assignment]
         self.bags_of: Optional[_Projection] = None

@@ -274,8 +274,8 @@ def receptive_field(generator: nn.Module) -> ReceptiveField:
         if family is None:
             raise ReceptiveFieldError(
                 f"{type(generator).__name__}: no receptive field description for streaming; give the class a "
-                "method receptive_field_layers() returning a melvoc.streaming span (Conv, ConvTranspose, "
-                f"Series, Parallel) or register one with @melvoc.streaming.register_family (known: {sorted(_FAMILIES)})"
+                "method receptive_field_layers() returning a melvoc.deploy.streaming span (Conv, ConvTranspose, "
+                f"Series, Parallel) or register one with @melvoc.deploy.streaming.register_family (known: {sorted(_FAMILIES)})"
             )
         span = family(generator)
     else:

@@ -11,7 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from torch.utils.data import BatchSampler, DistributedSampler
 
-from melvoc.callbacks.batches import stage_loader
+from melvoc.training.callbacks.batches import stage_loader
 from melvoc.metrics import CREPE_MODELS, DEFAULT_METRICS, PITCH_METRICS, parse_metrics, score
 
 __all__ = ["QualityMetricsCallback"]
