@@ -80,6 +80,29 @@ def test_batches_keep_each_file_and_its_length(run, tmp_path):
     np.testing.assert_allclose(b_batched[:keep], b_single[:keep], atol=2 / 32768)
 
 
+def test_each_mel_file_is_read_once_checked_and_vocoded(run, tmp_path, monkeypatch):
+    """One read per mel file: its shape, values and statistics are checked on the array that is vocoded."""
+    import melvoc.data.dataset
+    import melvoc.features.mel_files
+    import melvoc.features.statistics
+
+    reads: list[str] = []
+    real = melvoc.features.mel_files.read_mel_file
+
+    def counting(path, **kwargs):
+        reads.append(Path(path).name)
+        return real(path, **kwargs)
+
+    for module in (melvoc.data.dataset, melvoc.features.mel_files, melvoc.features.statistics):
+        monkeypatch.setattr(module, "read_mel_file", counting)
+    mels = tmp_path / "mels"
+    mels.mkdir()
+    for index, name in enumerate(sorted(run.val_mel)):
+        np.save(mels / f"m{index}.npy", run.val_mel[name].numpy())
+    written = synthesize(run.checkpoint, [mels], tmp_path / "out", batch_size=2, device="cpu", progress=False)
+    assert sorted(reads) == sorted(p.name for p in mels.iterdir()) and len(written) == len(reads)
+
+
 def test_audio_at_another_rate_is_resampled_to_the_features_rate(run, tmp_path):
     source = run.val_files[0]
     audio, rate = sf.read(source, dtype="float32")
