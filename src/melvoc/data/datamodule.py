@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader
 from melvoc.data.collate import AudioCollate
 from melvoc.data.dataset import AudioDataset, ShortClips, silence_log_mel
 from melvoc.data.io import AudioDataError
+from melvoc.data.resumable import ResumableDataLoader, ResumableSampler, loader_kwargs
 from melvoc.data.sources import (
     AudioEntry,
     OnError,
@@ -70,6 +72,11 @@ class VocoderDataModule(L.LightningDataModule):
         check_mel_stats: check the ``mel_dir`` mels' floor, range and log base against ``features``.
         synthetic: parameters of :class:`~melvoc.data.synthetic.SyntheticSpec` (without the rate),
             or ``None`` for real data; ``cache_dir``: where the synthetic set is generated.
+        seed: the training order and crops (``${seed}``); ``None``: a random one, shared by the ranks.
+
+    The training loader is resumable (:mod:`melvoc.data.resumable`): its epoch, position and the
+    keys of its crops go into Lightning's checkpoints, so a resumed run sees exactly the batches
+    the uninterrupted run would have.
     """
 
     def __init__(
@@ -100,6 +107,7 @@ class VocoderDataModule(L.LightningDataModule):
         check_mel_stats: bool = True,
         synthetic: Optional[Mapping[str, Any]] = None,
         cache_dir: Optional[str] = None,
+        seed: Optional[int] = None,
     ) -> None:
         super().__init__()
         self.features = MelConfig.coerce(features)
@@ -158,6 +166,7 @@ class VocoderDataModule(L.LightningDataModule):
             check_mel_stats=check_mel_stats,
         )
         self.max_val_seconds = max_val_seconds
+        self.seed = None if seed is None else int(seed)
         self.train_dataset: Optional[AudioDataset] = None
         self.val_dataset: Optional[AudioDataset] = None
         self.test_dataset: Optional[AudioDataset] = None
@@ -254,16 +263,31 @@ class VocoderDataModule(L.LightningDataModule):
                 f"{len(self.train_dataset)} training clips but data.batch_size={self.batch_size} with "
                 "data.drop_last=true gives no batch; lower data.batch_size or set data.drop_last=false"
             )
-        return DataLoader(
+        world_size, rank = self._world()
+        sampler = ResumableSampler(self.train_dataset, num_replicas=world_size, rank=rank,
+                                   seed=self._data_seed(), drop_last=self.drop_last)
+        return ResumableDataLoader(
             self.train_dataset,
+            sampler=sampler,
             batch_size=self.batch_size,
-            shuffle=True,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
             drop_last=self.drop_last,
             collate_fn=self._collate(),
+            adopt_seed=self.seed is None,
+            **loader_kwargs(self.num_workers, self.pin_memory, self.persistent_workers),
         )
+
+    def _world(self) -> tuple[int, int]:
+        """``(world size, global rank)`` of the attached trainer, ``(1, 0)`` without one."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _data_seed(self) -> int:
+        """``seed``; without one, a random seed that every rank shares (rank 0's)."""
+        if self.seed is not None:
+            return self.seed
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
+        trainer = self.trainer
+        return int(trainer.strategy.broadcast(seed)) if trainer is not None else seed
 
     def _eval_loader(self, dataset: Optional[AudioDataset], stage: str) -> DataLoader:
         if dataset is None:
@@ -283,10 +307,8 @@ class VocoderDataModule(L.LightningDataModule):
             batch_size=self.val_batch_size,
             shuffle=False,
             sampler=sampler,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
             collate_fn=self._collate(),
+            **loader_kwargs(self.num_workers, self.pin_memory, self.persistent_workers),
         )
 
     def val_dataloader(self) -> DataLoader:
