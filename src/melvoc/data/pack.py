@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 from tqdm import tqdm
 
 from melvoc.data.io import AudioDataError, audio_info, problem_listing, read_audio
@@ -68,8 +69,11 @@ class PackedClip:
     data: bytes
 
     def item(self, sampling_rate: int) -> dict[str, Any]:
-        return {"audio": self.data, "crc": zlib.crc32(self.data), "name": self.name, "origin": self.origin,
-                "sampling_rate": sampling_rate, "length": self.length}
+        # Arrays and one JSON string: litdata would take raw bytes or a str that names an existing
+        # .wav file for media and decode them with torchcodec.
+        return {"audio": np.frombuffer(self.data, dtype=np.uint8), "crc": zlib.crc32(self.data),
+                "meta": json.dumps({"name": self.name, "origin": self.origin}), "sampling_rate": sampling_rate,
+                "length": self.length}
 
 
 def pack_clip(entry: AudioEntry, sampling_rate: int, encoding: str) -> PackedClip | str:

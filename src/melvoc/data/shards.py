@@ -3,8 +3,8 @@
 ``python -m melvoc.data.pack`` (:mod:`melvoc.data.pack`) writes a set: litdata chunks
 (``chunk-*.bin``), litdata's ``index.json``, and last ``melvoc.json`` (the manifest: rate, encoding,
 counts); a set without the manifest was not finished and is refused. Each item is one clip:
-``{"audio": bytes, "crc": int, "name": str, "origin": str, "sampling_rate": int, "length": int}``,
-the audio stored lossless as 16/24-bit PCM or FLAC (:func:`encode_audio`).
+``{"audio": uint8 array, "crc": int, "meta": '{"name": ..., "origin": ...}', "sampling_rate": int,
+"length": int}``, the audio bytes lossless 16/24-bit PCM or FLAC (:func:`encode_audio`).
 
 litdata streams the chunks (``StreamingDataset``, ``StreamingDataLoader``): it splits them across
 ranks and workers, gives every rank the same number of items, caches remote chunks on local disk
@@ -20,6 +20,7 @@ litdata==0.2.76``, see the README); this module needs it, the rest of melvoc doe
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import zlib
@@ -114,7 +115,7 @@ def encode_audio(audio: np.ndarray, encoding: str, sampling_rate: int) -> bytes:
     return buffer.getvalue()
 
 
-def decode_audio(data: bytes | memoryview, encoding: str) -> np.ndarray:
+def decode_audio(data: bytes | memoryview | np.ndarray, encoding: str) -> np.ndarray:
     """The stored bytes of ``encoding`` -> mono float32 ``(T,)``, as soundfile reads such a file
     (``k / 2**(bits-1)``)."""
     _bits(encoding)
@@ -203,10 +204,15 @@ class ShardClipSettings:
             AudioDataError: a corrupt item (checksum or length mismatch), or a short clip under
                 ``short_clips=error``; the message says ``where`` (shard and item) and which clip.
         """
-        data = raw["audio"]
-        name = str(raw["name"])
+        data = np.ascontiguousarray(raw["audio"], dtype=np.uint8)
+        try:
+            meta = json.loads(raw["meta"])
+            name, origin = str(meta["name"]), str(meta["origin"])
+        except Exception as exc:
+            raise AudioDataError(f"{where}: corrupt, unreadable name and origin ({exc}); re-pack the set "
+                                 "(or set data.on_error=skip to leave such items out)") from exc
         if zlib.crc32(data) != int(raw["crc"]):
-            raise AudioDataError(f"{where} (clip {name!r} from {raw['origin']}): corrupt, its checksum does not "
+            raise AudioDataError(f"{where} (clip {name!r} from {origin}): corrupt, its checksum does not "
                                  "match; re-pack the set (or set data.on_error=skip to leave such items out)")
         clip = decode_audio(data, self.encoding)
         length = int(raw["length"])

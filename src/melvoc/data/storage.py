@@ -68,7 +68,8 @@ class Store:
             from botocore.config import Config
 
             config = Config(connect_timeout=_CONNECT_TIMEOUT_S, retries={"max_attempts": _ATTEMPTS, "mode": "standard"})
-            self._client = boto3.client("s3", config=config)
+            # A session of its own: it reads the environment now (boto3's default session keeps what it read first).
+            self._client = boto3.session.Session().client("s3", config=config)
         return self._client
 
     def _explain(self, exc: BaseException, doing: str) -> StorageError:
