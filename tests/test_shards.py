@@ -79,6 +79,7 @@ def test_encodings_store_file_samples_exactly(tmp_path, encoding):
     audio = read_audio(audio_info(path), SR)
     data = encode_audio(audio, encoding, SR)
     assert np.array_equal(decode_audio(data, encoding), audio)
+    assert np.array_equal(decode_audio(data, encoding, 100, 500), audio[100:600]), "a crop decodes only its span"
     if encoding.startswith("pcm"):
         assert len(data) == 3000 * bits // 8, "no float32 bloat"
 

@@ -63,6 +63,7 @@ __all__ = [
     "decode_audio",
     "encode_audio",
     "open_shards",
+    "stored_length",
 ]
 
 log = logging.getLogger(__name__)
@@ -115,18 +116,32 @@ def encode_audio(audio: np.ndarray, encoding: str, sampling_rate: int) -> bytes:
     return buffer.getvalue()
 
 
-def decode_audio(data: bytes | memoryview | np.ndarray, encoding: str) -> np.ndarray:
-    """The stored bytes of ``encoding`` -> mono float32 ``(T,)``, as soundfile reads such a file
-    (``k / 2**(bits-1)``)."""
-    _bits(encoding)
-    if encoding == "pcm16":
-        return np.frombuffer(data, dtype="<i2").astype(np.float32) / np.float32(32768.0)
-    if encoding == "pcm24":
-        raw = np.frombuffer(data, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
-        value = raw[:, 0] | (raw[:, 1] << 8) | (raw[:, 2] << 16)
+def stored_length(data: bytes | memoryview | np.ndarray, encoding: str) -> int:
+    """Samples held by the stored bytes of ``encoding`` (read from the FLAC header, not decoded)."""
+    bits = _bits(encoding)
+    if encoding.startswith("pcm"):
+        return len(memoryview(data).cast("B")) // (bits // 8)
+    return int(sf.info(io.BytesIO(bytes(data))).frames)
+
+
+def decode_audio(data: bytes | memoryview | np.ndarray, encoding: str, start: int = 0,
+                 frames: Optional[int] = None) -> np.ndarray:
+    """Samples ``[start, start + frames)`` (default: to the end) of the stored bytes of ``encoding`` ->
+    mono float32 ``(frames,)``, as soundfile reads such a file (``k / 2**(bits-1)``); PCM decodes only that span."""
+    bits = _bits(encoding)
+    if encoding.startswith("pcm"):
+        width = bits // 8
+        raw = memoryview(data).cast("B")
+        stop = len(raw) // width if frames is None else start + frames
+        span = raw[start * width : stop * width]
+        if encoding == "pcm16":
+            return np.frombuffer(span, dtype="<i2").astype(np.float32) / np.float32(32768.0)
+        triplets = np.frombuffer(span, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+        value = triplets[:, 0] | (triplets[:, 1] << 8) | (triplets[:, 2] << 16)
         value = np.where(value >= 1 << 23, value - (1 << 24), value)
         return value.astype(np.float32) / np.float32(2.0**23)
-    audio, _ = sf.read(io.BytesIO(bytes(data)), dtype="float32", always_2d=False)
+    audio, _ = sf.read(io.BytesIO(bytes(data)), start=start, frames=-1 if frames is None else frames,
+                       dtype="float32", always_2d=False)
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
@@ -214,29 +229,34 @@ class ShardClipSettings:
         if zlib.crc32(data) != int(raw["crc"]):
             raise AudioDataError(f"{where} (clip {name!r} from {origin}): corrupt, its checksum does not "
                                  "match; re-pack the set (or set data.on_error=skip to leave such items out)")
-        clip = decode_audio(data, self.encoding)
         length = int(raw["length"])
-        if clip.shape[0] != length:
-            raise AudioDataError(f"{where} (clip {name!r}): {clip.shape[0]} samples stored, {length} listed; "
+        stored = stored_length(data, self.encoding)
+        if stored != length:
+            raise AudioDataError(f"{where} (clip {name!r}): {stored} samples stored, {length} listed; "
                                  "re-pack the set (or set data.on_error=skip)")
+        by_file = self.peak_normalize is not None and self.peak_normalize_scope == "file"
+        # The whole clip is decoded only when its peak is needed; a crop decodes its own span.
+        clip = decode_audio(data, self.encoding) if by_file or self.segment_size is None else None
         hop, seg = self.hop_size, self.segment_size
         if seg is not None:
             if length >= seg:
                 start = draw_below(length - seg + 1, rng)
-                audio, valid = clip[start : start + seg].copy(), seg
+                audio = clip[start : start + seg].copy() if clip is not None else decode_audio(data, self.encoding,
+                                                                                               start, seg)
+                valid = seg
             else:
                 if self.short_clips != "pad":
                     return self._short(name, where, length, seg)
                 audio, valid = np.zeros(seg, dtype=np.float32), length
-                audio[:length] = clip
+                audio[:length] = clip if clip is not None else decode_audio(data, self.encoding)
         else:
+            assert clip is not None
             if length < self.shortest and self.short_clips != "pad":
                 return self._short(name, where, length, self.shortest)
             valid = length if self.max_samples is None else min(length, self.max_samples)
             valid = valid // hop * hop
             audio = np.pad(clip[:valid], (0, max(valid, self.shortest) - valid))
-        by_file = self.peak_normalize is not None and self.peak_normalize_scope == "file"
-        peak = (float(np.abs(clip).max()) if clip.size else 0.0) if by_file else None
+        peak = (float(np.abs(clip).max()) if clip.size else 0.0) if clip is not None and by_file else None
         audio = scale_audio(audio, self.gain, self.peak_normalize, peak)
         return {"audio": torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), "length": valid,
                 "name": name}
