@@ -126,9 +126,11 @@ class ResumableDataLoader(DataLoader):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"epoch", "batches", "world_size", "batch_size", "items", "seed", "drop_last", "num_workers"}``."""
+        """``{"epoch", "batches", "world_size", "batch_size", "items", "seed", "drop_last", "num_workers"}``;
+        empty when Lightning replaced the sampler (``overfit_batches``: a fixed subset, nothing to resume)."""
         sampler = self.sampler
-        assert isinstance(sampler, ResumableSampler)
+        if not isinstance(sampler, ResumableSampler):
+            return {}
         return {"epoch": sampler.epoch, "batches": self._yielded, "num_workers": self.num_workers, **self._settings()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -139,7 +141,8 @@ class ResumableDataLoader(DataLoader):
                 from the checkpoint's (the message names both values and the fix).
         """
         sampler = self.sampler
-        assert isinstance(sampler, ResumableSampler)
+        if not state or not isinstance(sampler, ResumableSampler):
+            return
         if self.adopt_seed:
             sampler.seed = int(state["seed"])
         current = self._settings()
