@@ -103,17 +103,21 @@ def kill_and_resume(tmp_path: Path, *extra: str, environ: dict[str, str] | None 
 
 
 @pytest.fixture
-def packed(tmp_path) -> tuple[Path, Path]:
-    """The default synthetic set (as `python train.py` makes it), packed into train and val shard folders."""
-    from melvoc.data.pack import pack
+def synthetic(tmp_path) -> Path:
+    """The default synthetic set (as `python train.py` makes it): its folder, with train.txt and val.txt."""
     from melvoc.data.synthetic import SyntheticSpec, make_synthetic_dataset
 
-    folder = make_synthetic_dataset(tmp_path / "cache", SyntheticSpec(sampling_rate=22050, num_train=48, num_val=6,
-                                                                     min_seconds=1.0, max_seconds=3.0,
-                                                                     num_speakers=8, seed=0))
-    pack(str(folder / "train.txt"), str(tmp_path / "train_shards"), 22050, chunk_bytes="600KB", num_workers=0)
-    pack(str(folder / "val.txt"), str(tmp_path / "val_shards"), 22050, num_workers=0)
-    return tmp_path / "train_shards", tmp_path / "val_shards"
+    spec = SyntheticSpec(sampling_rate=22050, num_train=48, num_val=6, min_seconds=1.0, max_seconds=3.0,
+                         num_speakers=8, seed=0)
+    return make_synthetic_dataset(tmp_path / "cache", spec)
+
+
+def pack_both(folder: Path, train: str, val: str) -> None:
+    """Pack the synthetic set's train.txt and val.txt into the set URIs ``train`` and ``val``."""
+    from melvoc.data.pack import pack
+
+    pack(str(folder / "train.txt"), train, 22050, chunk_bytes="600KB", num_workers=0)
+    pack(str(folder / "val.txt"), val, 22050, num_workers=0)
 
 
 def test_file_source_killed_and_resumed_ends_bit_identical(tmp_path):
@@ -121,30 +125,27 @@ def test_file_source_killed_and_resumed_ends_bit_identical(tmp_path):
 
 
 @pytest.mark.slow
-def test_shards_from_a_folder_killed_and_resumed_end_bit_identical(tmp_path, packed):
+def test_shards_from_a_folder_killed_and_resumed_end_bit_identical(tmp_path, synthetic):
     pytest.importorskip("litdata")
-    train, val = packed
+    train, val = tmp_path / "train_shards", tmp_path / "val_shards"
+    pack_both(synthetic, str(train), str(val))
     kill_and_resume(tmp_path, "data=shards", f"data.train_shards={train}", f"data.val_shards={val}")
 
 
 @pytest.mark.slow
-def test_shards_from_s3_killed_and_resumed_end_bit_identical(tmp_path, packed):
+def test_shards_from_s3_killed_and_resumed_end_bit_identical(tmp_path, synthetic, monkeypatch):
     pytest.importorskip("litdata")
-    from melvoc.data.pack import pack
     from tests import s3server
 
     proc, server = s3server.start()
     try:
-        os.environ.update(server.env())
-        try:
-            for name, folder in zip(("train", "val"), packed):
-                pack(str(folder.parent / "cache" / next((folder.parent / "cache").iterdir()).name / f"{name}.txt"),
-                     f"s3://{s3server.BUCKET}/{name}", 22050, chunk_bytes="600KB", num_workers=0)
-        finally:
-            for name in server.env():
-                os.environ.pop(name, None)
-        kill_and_resume(tmp_path, "data=shards", f"data.train_shards=s3://{s3server.BUCKET}/train",
-                        f"data.val_shards=s3://{s3server.BUCKET}/val", environ=server.env())
+        train, val = f"s3://{s3server.BUCKET}/train", f"s3://{s3server.BUCKET}/val"
+        with monkeypatch.context() as patch:
+            for name, value in server.env().items():
+                patch.setenv(name, value)
+            pack_both(synthetic, train, val)
+        kill_and_resume(tmp_path, "data=shards", f"data.train_shards={train}", f"data.val_shards={val}",
+                        environ=server.env())
     finally:
         proc.terminate()
         proc.wait(timeout=30)
