@@ -159,11 +159,14 @@ def test_ddp_two_processes_killed_and_resumed_end_bit_identical(tmp_path):
 @pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_at_the_current_step_and_says_how_to_resume(tmp_path):
     run(tmp_path, "whole")
-    proc = subprocess.Popen(command(tmp_path, "stopped"), cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    wait_for(tmp_path, "stopped", "step_0000005.ckpt", proc)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=600)
+    log = tmp_path / "stopped.out"
+    with open(log, "w") as stdout:  # a file, not a pipe: nobody reads a pipe until the run ends
+        proc = subprocess.Popen(command(tmp_path, "stopped"), cwd=tmp_path, env=env(), stdout=stdout,
+                                stderr=subprocess.DEVNULL)
+        wait_for(tmp_path, "stopped", "step_0000005.ckpt", proc)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=600)
+    out = log.read_text()
     assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
     last = checkpoint(tmp_path, "stopped", LAST_CKPT)
     step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
