@@ -231,6 +231,29 @@ def test_file_loader_resumes_exactly_where_it_stopped(tmp_path, workers):
                             batch_size=3).load_state_dict(state)
 
 
+def test_file_loader_saved_at_an_epoch_end_resumes_with_the_next_epoch(tmp_path):
+    dataset = AudioDataset(read_source(corpus(tmp_path, 6)), FEATURES, segment_size=4096)
+
+    def loader() -> ResumableDataLoader:
+        return ResumableDataLoader(dataset, sampler=ResumableSampler(dataset, seed=2, drop_last=True), batch_size=2,
+                                   drop_last=True, collate_fn=AudioCollate())
+
+    whole = loader()
+    epochs = []
+    for epoch in (0, 1):
+        whole.sampler.set_epoch(epoch)
+        epochs.append([b["names"] for b in whole])
+    state = whole.state_dict()
+    assert state["epoch"] == 1 and state["batches"] == 3
+    stopped = loader()
+    stopped.sampler.set_epoch(0)
+    assert [b["names"] for b in stopped] == epochs[0]
+    resumed = loader()
+    resumed.load_state_dict(stopped.state_dict())
+    resumed.sampler.set_epoch(1)  # what Lightning does when the checkpoint's epoch was complete
+    assert [b["names"] for b in resumed] == epochs[1] and epochs[1] != epochs[0]
+
+
 def test_file_sampler_gives_ranks_disjoint_items_of_equal_count():
     items = list(range(11))
     ranks = [list(ResumableSampler(items, num_replicas=2, rank=r, seed=5, drop_last=True)) for r in (0, 1)]

@@ -71,13 +71,14 @@ class ResumableSampler(DistributedSampler):
                  drop_last: bool = False) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=int(seed),
                          drop_last=drop_last)
-        self._skip = 0
+        self._skip: tuple[int, int] | None = None
 
-    def skip_next(self, items: int) -> None:
-        """Start the next :meth:`__iter__` after the first ``items`` items of this rank's epoch."""
+    def skip_next(self, epoch: int, items: int) -> None:
+        """Start the next :meth:`__iter__`, if it is of ``epoch``, after the first ``items`` items of
+        this rank's epoch (a checkpoint written at an epoch's end resumes at the next one instead)."""
         if not 0 <= items <= self.num_samples:
             raise ValueError(f"cannot skip {items} items of an epoch of {self.num_samples}")
-        self._skip = int(items)
+        self._skip = (int(epoch), int(items))
 
     def __iter__(self) -> Iterator[ItemKey]:
         n = len(self.dataset)  # type: ignore[arg-type]
@@ -86,7 +87,8 @@ class ResumableSampler(DistributedSampler):
             order = order[: self.total_size]
         else:
             order = np.resize(order, self.total_size)  # repeats from the start to fill up
-        start, self._skip = self._skip, 0
+        skip, self._skip = self._skip, None
+        start = skip[1] if skip is not None and skip[0] == self.epoch else 0
         for position in range(self.rank + start * self.num_replicas, self.total_size, self.num_replicas):
             yield int(order[position]), (self.seed, self.epoch, position)
 
@@ -106,10 +108,12 @@ class ResumableDataLoader(DataLoader):
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
         self.adopt_seed = adopt_seed
         self._yielded = 0
-        self._resumed = 0
+        self._resumed: tuple[int, int] | None = None
 
     def __iter__(self) -> Iterator[Any]:
-        self._yielded, self._resumed = self._resumed, 0
+        resumed, self._resumed = self._resumed, None
+        epoch = getattr(self.sampler, "epoch", None)
+        self._yielded = resumed[1] if resumed is not None and resumed[0] == epoch else 0
         for batch in super().__iter__():
             self._yielded += 1
             yield batch
@@ -154,10 +158,10 @@ class ResumableDataLoader(DataLoader):
                 "checkpoint's trainer.devices x trainer.num_nodes, data.batch_size, data.drop_last, seed "
                 "and training files (data.num_workers may change)"
             )
-        sampler.set_epoch(int(state["epoch"]))
-        batches = int(state["batches"])
-        sampler.skip_next(min(batches * self.batch_size, sampler.num_samples))  # type: ignore[operator]
-        self._resumed = batches
+        epoch, batches = int(state["epoch"]), int(state["batches"])
+        sampler.set_epoch(epoch)
+        sampler.skip_next(epoch, min(batches * self.batch_size, sampler.num_samples))  # type: ignore[operator]
+        self._resumed = (epoch, batches)
 
 
 def loader_kwargs(num_workers: int, pin_memory: bool, persistent_workers: bool) -> dict[str, Any]:
