@@ -157,6 +157,19 @@ def test_ddp_two_processes_killed_and_resumed_end_bit_identical(tmp_path):
 
 
 @pytest.mark.slow
+def test_ddp_on_an_odd_number_of_shards_killed_and_resumed_end_bit_identical(tmp_path, synthetic):
+    """9 chunks over 2 ranks x 2 workers: litdata still gives both ranks the same number of batches."""
+    pytest.importorskip("litdata")
+    from melvoc.data.shards import open_shards
+
+    train, val = tmp_path / "train_shards", tmp_path / "val_shards"
+    pack_both(synthetic, str(train), str(val))
+    assert open_shards(str(train))["shards"] == 9
+    kill_and_resume(tmp_path, "data=shards", f"data.train_shards={train}", f"data.val_shards={val}",
+                    "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu")
+
+
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_at_the_current_step_and_says_how_to_resume(tmp_path):
     run(tmp_path, "whole")
     log = tmp_path / "stopped.out"
