@@ -335,6 +335,16 @@ class ShardLoader(StreamingDataLoader):
     def __init__(self, dataset: ShardStream, *, adopt_seed: bool = False, **kwargs: Any) -> None:
         super().__init__(dataset, **kwargs)
         self.adopt_seed = adopt_seed
+        self._resuming = False
+
+    def __iter__(self) -> Any:
+        # litdata ends its resume mode only when the resumed epoch's iterator runs to its end, but
+        # Lightning stops asking after len(loader) batches: without this the next epoch would
+        # replay the checkpoint's position instead of starting epoch + 1.
+        if self._resuming:
+            self.restore = False
+        self._resuming = self.restore
+        yield from super().__iter__()
 
     def load_state_dict(self, obj: dict[str, Any]) -> None:
         saved = obj.get("dataset", {})
