@@ -5,6 +5,8 @@
     python train.py ckpt_path=last                    # resume the newest last.ckpt of this task
     python train.py trainer=ddp trainer.devices=4     # DDP; see conf/trainer/ddp.yaml
 
+SIGTERM or Ctrl-C stops a run after the current step with a checkpoint at it (exit status 128 + signal).
+
 All logic lives in :mod:`melvoc.training`; this file only hands it the composed config and prints
 the closing summary (on rank 0), or a known error's message and fix without a traceback
 (``HYDRA_FULL_ERROR=1`` keeps the traceback).
@@ -31,6 +33,9 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(1)
     if result.is_global_zero:
         print(format_summary(result), flush=True)
+    if result.stop_signal is not None:
+        # Stopped by SIGTERM/SIGINT after writing a checkpoint: exit as a signalled process does.
+        sys.exit(128 + result.stop_signal)
     # The value an optimizing sweeper (hydra --multirun) would minimize.
     return result.final_val_mel_l1
 

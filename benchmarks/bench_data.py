@@ -17,6 +17,15 @@ Both loaders draw random crops of ``--segment-size`` samples from the same 16-bi
 Files are written to a temporary folder first, so both loaders read from the page cache; the timing
 starts after the first batch (worker start-up excluded), the loaders run alternately ``--repeats``
 times and the median is reported. Prints a markdown table with segments/s and ratios.
+
+A second table (skipped with ``--no-shards``, needs the shards extra) compares the training loaders
+of ``data=filelist`` and ``data=shards`` on the same 22.05 kHz clips of 2-6 s (one epoch's worth of
+``--batches``), workers and batches, local disk, run alternately:
+the file loader (``ResumableDataLoader`` over ``AudioDataset``) against the shard loader
+(``ShardDataModule``'s litdata stream over the clips packed by ``melvoc.data.pack``), with the files
+each opens per epoch (the file loader opens the clip's file for every crop; the shard loader opens
+each chunk once, plus ``index.json``). A third table gives the pack throughput with 1 and 2
+decoding workers (clips/s and hours of audio packed per minute), best of ``--repeats``.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from melvoc.data import AudioCollate, AudioDataset
+from melvoc.data.resumable import ResumableDataLoader, ResumableSampler
 from melvoc.features import MelConfig, MelSpectrogram, mel_spectrogram
 
 TARGET_RATE = 22050
@@ -100,6 +110,84 @@ def throughput(dataset: Dataset, args: argparse.Namespace, collate=None, mel: Me
     return count / (time.perf_counter() - start)
 
 
+def drain(loader, batches: int, batch_size: int) -> float:
+    """Segments per second over ``batches`` batches after the first one, in one epoch."""
+    count, started = 0, None
+    for _ in loader:
+        if started is None:
+            started = time.perf_counter()
+            continue
+        count += batch_size
+        if count >= batches * batch_size:
+            break
+    assert started is not None and count, "the epoch is shorter than the timed batches"
+    return count / (time.perf_counter() - started)
+
+
+def shard_tables(args: argparse.Namespace) -> list[str]:
+    """The file loader against the shard loader, and the pack throughput (markdown lines)."""
+    from melvoc.data.pack import pack
+    from melvoc.data.shards import ShardDataModule
+
+    lines = []
+    # One epoch must hold all timed batches: (batches + 1) * batch_size clips of 2-6 s.
+    count = (args.batches + 1) * args.batch_size
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_files(Path(tmp) / "wavs", count, TARGET_RATE, 2.0, 6.0, seed=7)
+        write_files(Path(tmp) / "wavs44", count, 44100, 2.0, 6.0, seed=7)
+        pack_rows = []
+        for case, folder in (("22.05 kHz WAV", "wavs"), ("44.1 kHz WAV -> 22.05 kHz", "wavs44")):
+            for workers in (1, 2):
+                best = None
+                for _ in range(args.repeats):
+                    summary = pack(str(Path(tmp) / folder), str(Path(tmp) / f"packed-{folder}-{workers}"),
+                                   TARGET_RATE, num_workers=workers, overwrite=True)
+                    best = summary if best is None or summary.seconds < best.seconds else best
+                assert best is not None
+                pack_rows.append((case, workers, best.clips / best.seconds, best.hours * 60.0 / best.seconds, best))
+        packed = Path(tmp) / "packed-wavs-1"
+        dataset = AudioDataset(paths, FEATURES, segment_size=args.segment_size)
+
+        def file_loader() -> float:
+            sampler = ResumableSampler(dataset, seed=0, drop_last=True)
+            loader = ResumableDataLoader(dataset, sampler=sampler, batch_size=args.batch_size, drop_last=True,
+                                         collate_fn=AudioCollate(), num_workers=args.workers)
+            return drain(loader, args.batches, args.batch_size)
+
+        def shard_loader() -> float:
+            dm = ShardDataModule(FEATURES, train_shards=str(packed), segment_size=args.segment_size,
+                                 batch_size=args.batch_size, num_workers=args.workers, seed=0, drop_last=True,
+                                 cache_dir=str(Path(tmp) / "cache"))
+            dm.setup("fit")
+            return drain(dm.train_dataloader(), args.batches, args.batch_size)
+
+        results: dict[str, list[float]] = {"file": [], "shard": []}
+        for _ in range(args.repeats):
+            results["file"].append(file_loader())
+            results["shard"].append(shard_loader())
+        file_rate, shard_rate = (statistics.median(results[k]) for k in ("file", "shard"))
+        shards = pack_rows[0][4].shards
+        lines += [
+            f"Training loaders, same {count} clips of 2-6 s (22.05 kHz 16-bit WAV), batch {args.batch_size}, segment "
+            f"{args.segment_size}, num_workers={args.workers}, local disk, median of {args.repeats} runs of "
+            f"{args.batches} batches:\n",
+            "| loader | segments/s | vs file loader | files opened per epoch |",
+            "|---|---:|---:|---:|",
+            f"| data=filelist (AudioDataset, seek + crop) | {file_rate:,.0f} | 1.0x | {len(dataset)} (one per crop) |",
+            f"| data=shards (litdata, {shards} chunks of pcm16) | {shard_rate:,.0f} | {shard_rate / file_rate:.2f}x | "
+            f"{shards + 1} (each chunk once, index.json) |",
+            "",
+            f"Pack throughput (python -m melvoc.data.pack, {count} clips, "
+            f"{pack_rows[0][4].hours * 60:.1f} min of audio, to pcm16 at 22.05 kHz, best of {args.repeats}):\n",
+            "| source | decoding workers | clips/s | hours packed per minute | vs 1 worker |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for i, (case, workers, clips_s, hours_min, _) in enumerate(pack_rows):
+            one = pack_rows[i - i % 2][2]
+            lines.append(f"| {case} | {workers} | {clips_s:,.1f} | {hours_min:.2f} | {clips_s / one:.2f}x |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=24)
@@ -110,6 +198,7 @@ def main() -> None:
     parser.add_argument("--segment-size", type=int, default=8192)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-shards", action="store_true", help="skip the shard loader and pack tables")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one thread per process: the workers are the parallelism
 
@@ -146,6 +235,9 @@ def main() -> None:
     print("|---|---|---:|---:|")
     for case, name, value, ratio in rows:
         print(f"| {case} | {name} | {value:,.0f} | {ratio:.1f}x |")
+    if not args.no_shards:
+        print()
+        print("\n".join(shard_tables(args)))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader
 from melvoc.data.collate import AudioCollate
 from melvoc.data.dataset import AudioDataset, ShortClips, silence_log_mel
 from melvoc.data.io import AudioDataError
+from melvoc.data.resumable import ResumableDataLoader, ResumableSampler, loader_kwargs
 from melvoc.data.sources import (
     AudioEntry,
     OnError,
@@ -28,7 +30,7 @@ from melvoc.data.synthetic import SyntheticSpec, make_synthetic_dataset
 from melvoc.features import MelConfig, MelSpectrogram
 from melvoc.features.padded import pad_like_unpadded
 
-__all__ = ["VocoderDataModule", "auto_num_workers", "auto_val_count"]
+__all__ = ["MelDataModule", "VocoderDataModule", "auto_num_workers", "auto_val_count"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,185 @@ def auto_num_workers(processes_per_node: int = 1) -> tuple[int, int]:
     return min(8, max(0, per_process - 1)), cores
 
 
-class VocoderDataModule(L.LightningDataModule):
+class MelDataModule(L.LightningDataModule):
+    """What every melvoc data module shares: loader settings, validation/test loaders over whole clips,
+    and the reference mels made on the device (:meth:`on_after_batch_transfer`).
+
+    Subclasses (:class:`VocoderDataModule` for files, :class:`melvoc.data.shards.ShardDataModule`
+    for packed shards) build ``train_dataset`` / ``val_dataset`` / ``test_dataset`` in ``setup`` and
+    give ``train_dataloader``. The arguments mean what they mean in :class:`VocoderDataModule`.
+    """
+
+    def __init__(
+        self,
+        features: MelConfig | Mapping[str, Any],
+        *,
+        segment_size: int,
+        batch_size: int,
+        val_batch_size: Optional[int],
+        num_workers: int | str,
+        pin_memory: bool,
+        persistent_workers: bool,
+        drop_last: bool,
+        on_error: OnError,
+        max_val_seconds: Optional[float],
+        seed: Optional[int],
+    ) -> None:
+        super().__init__()
+        self.features = MelConfig.coerce(features)
+        hop = self.features.hop_size
+        if int(segment_size) <= 0 or int(segment_size) % hop:
+            lower = max(hop, int(segment_size) // hop * hop)
+            raise ValueError(
+                f"data.segment_size={segment_size}: must be a positive multiple of features.hop_size={hop} "
+                f"(e.g. {lower} or {lower + hop})"
+            )
+        if int(batch_size) < 1:
+            raise ValueError(f"data.batch_size={batch_size}: must be >= 1")
+        self.segment_size = int(segment_size)
+        self.batch_size = int(batch_size)
+        self.val_batch_size = int(val_batch_size) if val_batch_size is not None else self.batch_size
+        if num_workers != AUTO and (isinstance(num_workers, bool) or not str(num_workers).isdigit()):
+            raise ValueError(f"data.num_workers={num_workers!r}: must be a number >= 0 or `auto`")
+        self._num_workers = num_workers
+        # Pinned memory only helps host-to-GPU copies; on CPU-only machines torch warns about it.
+        self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
+        self._persistent_workers = bool(persistent_workers)
+        self.drop_last = bool(drop_last)
+        self.on_error = check_on_error(on_error)
+        self.max_val_seconds = max_val_seconds
+        self.seed = None if seed is None else int(seed)
+        self.train_dataset: Any = None
+        self.val_dataset: Any = None
+        self.test_dataset: Any = None
+        self._mel: Optional[MelSpectrogram] = None
+        self._framed_mel: Optional[MelSpectrogram] = None
+        #: What was chosen for the user (validation source, loader workers), for the run summary.
+        self.summary: dict[str, str] = {}
+
+    @property
+    def num_workers(self) -> int:
+        """Loader workers per process; ``auto`` is resolved on first use, once the trainer (and so
+        the number of processes on this node) is known, and logged."""
+        if self._num_workers != AUTO:
+            return int(self._num_workers)
+        processes = self.trainer.num_devices if self.trainer is not None else 1
+        workers, cores = auto_num_workers(processes)
+        self._num_workers = workers
+        chosen = f"{workers} per process (num_workers=auto: {cores} usable cores, {processes} process(es) on this node)"
+        self.summary["loader workers"] = chosen
+        log.info("data loader workers: %s", chosen)
+        return workers
+
+    @property
+    def persistent_workers(self) -> bool:
+        return self._persistent_workers and self.num_workers > 0
+
+    def _dataset_for(self, stage: str) -> Any:
+        return self.val_dataset if stage == "validate" else self.test_dataset
+
+    # ------------------------------------------------------------------ loaders
+    def _collate(self) -> AudioCollate:
+        return AudioCollate(mel_pad_value=silence_log_mel(self.features))
+
+    def _world(self) -> tuple[int, int]:
+        """``(world size, global rank)`` of the attached trainer, ``(1, 0)`` without one."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _data_seed(self) -> int:
+        """``seed``; without one, a random seed that every rank shares (rank 0's)."""
+        if self.seed is not None:
+            return self.seed
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
+        trainer = self.trainer
+        return int(trainer.strategy.broadcast(seed)) if trainer is not None else seed
+
+    def _eval_loader(self, dataset: Any, stage: str) -> DataLoader:
+        if dataset is None:
+            raise ValueError(
+                f"no {stage} data: set data.val_filelist or data.test_filelist "
+                "(or data.val_count to split the training source)"
+            )
+        sampler = None
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            # Every clip once over all ranks (a plain DistributedSampler would repeat some to even out).
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            sampler=sampler,
+            collate_fn=self._collate(),
+            **loader_kwargs(self.num_workers, self.pin_memory, self.persistent_workers),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_dataset is None:
+            self.setup("validate")
+        return self._eval_loader(self.val_dataset, "validation")
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_dataset is None:
+            self.setup("test")
+        return self._eval_loader(self.test_dataset, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.test_dataset is None:
+            self.setup("predict")
+        return self._eval_loader(self.test_dataset, "predict")
+
+    # ------------------------------------------------------------------ device side
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Add ``batch["mel"]``: ``MelSpectrogram(features)`` of ``batch["audio"]`` on its device.
+
+        Shape ``(B, num_mels, T // hop_size)``, float32, no grad; frames beyond ``T // hop_size``
+        (``center=True`` presets give one more) are dropped so that ``frames * hop_size == T``.
+
+        Validation, test and predict batches (a trainer in any stage but training) hold whole clips
+        zero-padded to the longest: there each clip's first ``lengths // hop_size`` frames are
+        those of the clip alone (its STFT padding at its own end, not the batch's zeros), and the
+        frames after them the log-mel of silence. So a clip's mel, and what is computed from it,
+        does not depend on the other clips of its batch.
+        """
+        if not isinstance(batch, dict) or "audio" not in batch:
+            return batch
+        audio = batch["audio"]
+        frames = audio.shape[-1] // self.features.hop_size
+        if audio.numel() == 0:
+            batch["mel"] = audio.new_zeros(audio.shape[0], self.features.num_mels, frames)
+            return batch
+        lengths = batch.get("lengths")
+        with torch.no_grad():
+            if lengths is None or self.trainer is None or self.trainer.training:
+                batch["mel"] = self._mel_module(audio.device)(audio.float())[..., :frames]
+            else:
+                batch["mel"] = self._clip_mels(audio.float(), lengths, frames)
+        return batch
+
+    def _mel_module(self, device: torch.device) -> MelSpectrogram:
+        if self._mel is None:
+            self._mel = MelSpectrogram(self.features)
+        self._mel = self._mel.to(device)
+        return self._mel
+
+    def _clip_mels(self, audio: torch.Tensor, lengths: torch.Tensor, frames: int) -> torch.Tensor:
+        """``(B, num_mels, frames)``: each clip's mel as if alone, silence after its ``lengths // hop`` frames."""
+        if self._framed_mel is None:
+            # Frames the signal pad_like_unpadded prepares (the STFT padding is already in it).
+            self._framed_mel = MelSpectrogram(self.features.replace(pad_mode="none", center=False))
+        self._framed_mel = self._framed_mel.to(audio.device)
+        lengths = lengths.to(audio.device)
+        mel = self._framed_mel(pad_like_unpadded(audio, lengths, self.features))[..., :frames]
+        own_frames = torch.div(lengths, self.features.hop_size, rounding_mode="floor")
+        own = torch.arange(frames, device=audio.device) < own_frames.unsqueeze(1)
+        return mel.masked_fill(~own.unsqueeze(1), silence_log_mel(self.features))
+
+
+class VocoderDataModule(MelDataModule):
     """Training crops, validation/test clips and reference mels for a vocoder.
 
     Batches are ``{"audio": (B, T) float32, "lengths": (B,) int64, "names": list[str]}`` (plus
@@ -78,7 +258,7 @@ class VocoderDataModule(L.LightningDataModule):
     ``val_fraction``; ``test_filelist`` defaults to the validation data. With ``synthetic`` set, the
     built-in smoke-test set is generated under ``cache_dir`` instead (:mod:`melvoc.data.synthetic`).
 
-    Under DDP, Lightning puts a distributed sampler on the training loader (each rank its own items);
+    Under DDP, the training sampler gives each rank its own items (the same count on every rank);
     validation and test use Lightning's ``UnrepeatedDistributedSampler``, so together the ranks see
     every clip exactly once (ranks may run one batch apart: sync metrics per epoch, not per step).
 
@@ -103,6 +283,11 @@ class VocoderDataModule(L.LightningDataModule):
         check_mel_stats: check the ``mel_dir`` mels' floor, range and log base against ``features``.
         synthetic: parameters of :class:`~melvoc.data.synthetic.SyntheticSpec` (without the rate),
             or ``None`` for real data; ``cache_dir``: where the synthetic set is generated.
+        seed: the training order and crops (``${seed}``); ``None``: a random one, shared by the ranks.
+
+    The training loader is resumable (:mod:`melvoc.data.resumable`): its epoch, position and the
+    keys of its crops go into Lightning's checkpoints, so a resumed run sees exactly the batches
+    the uninterrupted run would have.
     """
 
     def __init__(
@@ -133,18 +318,13 @@ class VocoderDataModule(L.LightningDataModule):
         check_mel_stats: bool = True,
         synthetic: Optional[Mapping[str, Any]] = None,
         cache_dir: Optional[str] = None,
+        seed: Optional[int] = None,
     ) -> None:
-        super().__init__()
-        self.features = MelConfig.coerce(features)
-        hop = self.features.hop_size
-        if int(segment_size) <= 0 or int(segment_size) % hop:
-            lower = max(hop, int(segment_size) // hop * hop)
-            raise ValueError(
-                f"data.segment_size={segment_size}: must be a positive multiple of features.hop_size={hop} "
-                f"(e.g. {lower} or {lower + hop})"
-            )
-        if int(batch_size) < 1:
-            raise ValueError(f"data.batch_size={batch_size}: must be >= 1")
+        super().__init__(
+            features, segment_size=segment_size, batch_size=batch_size, val_batch_size=val_batch_size,
+            num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent_workers,
+            drop_last=drop_last, on_error=on_error, max_val_seconds=max_val_seconds, seed=seed,
+        )
         self.synthetic_dir: Optional[Path] = None
         self._synthetic_spec: Optional[SyntheticSpec] = None
         if synthetic is not None:
@@ -173,17 +353,6 @@ class VocoderDataModule(L.LightningDataModule):
         self.val_count = val_count
         self.val_fraction = val_fraction
         self.split_seed = int(split_seed)
-        self.segment_size = int(segment_size)
-        self.batch_size = int(batch_size)
-        self.val_batch_size = int(val_batch_size) if val_batch_size is not None else self.batch_size
-        if num_workers != AUTO and (isinstance(num_workers, bool) or not str(num_workers).isdigit()):
-            raise ValueError(f"data.num_workers={num_workers!r}: must be a number >= 0 or `auto`")
-        self._num_workers = num_workers
-        # Pinned memory only helps host-to-GPU copies; on CPU-only machines torch warns about it.
-        self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
-        self._persistent_workers = bool(persistent_workers)
-        self.drop_last = bool(drop_last)
-        self.on_error = check_on_error(on_error)
         self._dataset_kwargs: dict[str, Any] = dict(
             resample=resample,
             short_clips=short_clips,
@@ -194,32 +363,6 @@ class VocoderDataModule(L.LightningDataModule):
             mel_dir=mel_dir,
             check_mel_stats=check_mel_stats,
         )
-        self.max_val_seconds = max_val_seconds
-        self.train_dataset: Optional[AudioDataset] = None
-        self.val_dataset: Optional[AudioDataset] = None
-        self.test_dataset: Optional[AudioDataset] = None
-        self._mel: Optional[MelSpectrogram] = None
-        self._framed_mel: Optional[MelSpectrogram] = None
-        #: What was chosen for the user (validation source, loader workers), for the run summary.
-        self.summary: dict[str, str] = {}
-
-    @property
-    def num_workers(self) -> int:
-        """Loader workers per process; ``auto`` is resolved on first use, once the trainer (and so
-        the number of processes on this node) is known, and logged."""
-        if self._num_workers != AUTO:
-            return int(self._num_workers)
-        processes = self.trainer.num_devices if self.trainer is not None else 1
-        workers, cores = auto_num_workers(processes)
-        self._num_workers = workers
-        chosen = f"{workers} per process (num_workers=auto: {cores} usable cores, {processes} process(es) on this node)"
-        self.summary["loader workers"] = chosen
-        log.info("data loader workers: %s", chosen)
-        return workers
-
-    @property
-    def persistent_workers(self) -> bool:
-        return self._persistent_workers and self.num_workers > 0
 
     # ------------------------------------------------------------------ sources
     def _ensure_synthetic(self) -> None:
@@ -301,13 +444,6 @@ class VocoderDataModule(L.LightningDataModule):
         log.info("%s data: %d clips, %.2f h", split, len(dataset), seconds / 3600)
         return dataset
 
-    def _dataset_for(self, stage: str) -> Optional[AudioDataset]:
-        return self.val_dataset if stage == "validate" else self.test_dataset
-
-    # ------------------------------------------------------------------ loaders
-    def _collate(self) -> AudioCollate:
-        return AudioCollate(mel_pad_value=silence_log_mel(self.features))
-
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             self.setup("fit")
@@ -317,99 +453,15 @@ class VocoderDataModule(L.LightningDataModule):
                 f"{len(self.train_dataset)} training clips but data.batch_size={self.batch_size} with "
                 "data.drop_last=true gives no batch; lower data.batch_size or set data.drop_last=false"
             )
-        return DataLoader(
+        world_size, rank = self._world()
+        sampler = ResumableSampler(self.train_dataset, num_replicas=world_size, rank=rank,
+                                   seed=self._data_seed(), drop_last=self.drop_last)
+        return ResumableDataLoader(
             self.train_dataset,
+            sampler=sampler,
             batch_size=self.batch_size,
-            shuffle=True,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
             drop_last=self.drop_last,
             collate_fn=self._collate(),
+            adopt_seed=self.seed is None,
+            **loader_kwargs(self.num_workers, self.pin_memory, self.persistent_workers),
         )
-
-    def _eval_loader(self, dataset: Optional[AudioDataset], stage: str) -> DataLoader:
-        if dataset is None:
-            raise ValueError(
-                f"no {stage} data: set data.val_filelist or data.test_filelist "
-                "(or data.val_count to split the training source)"
-            )
-        sampler = None
-        trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1:
-            # Every clip once over all ranks (a plain DistributedSampler would repeat some to even out).
-            sampler = UnrepeatedDistributedSampler(
-                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
-            )
-        return DataLoader(
-            dataset,
-            batch_size=self.val_batch_size,
-            shuffle=False,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            collate_fn=self._collate(),
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        if self.val_dataset is None:
-            self.setup("validate")
-        return self._eval_loader(self.val_dataset, "validation")
-
-    def test_dataloader(self) -> DataLoader:
-        if self.test_dataset is None:
-            self.setup("test")
-        return self._eval_loader(self.test_dataset, "test")
-
-    def predict_dataloader(self) -> DataLoader:
-        if self.test_dataset is None:
-            self.setup("predict")
-        return self._eval_loader(self.test_dataset, "predict")
-
-    # ------------------------------------------------------------------ device side
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Add ``batch["mel"]``: ``MelSpectrogram(features)`` of ``batch["audio"]`` on its device.
-
-        Shape ``(B, num_mels, T // hop_size)``, float32, no grad; frames beyond ``T // hop_size``
-        (``center=True`` presets give one more) are dropped so that ``frames * hop_size == T``.
-
-        Validation, test and predict batches (a trainer in any stage but training) hold whole clips
-        zero-padded to the longest: there each clip's first ``lengths // hop_size`` frames are
-        those of the clip alone (its STFT padding at its own end, not the batch's zeros), and the
-        frames after them the log-mel of silence. So a clip's mel, and what is computed from it,
-        does not depend on the other clips of its batch.
-        """
-        if not isinstance(batch, dict) or "audio" not in batch:
-            return batch
-        audio = batch["audio"]
-        frames = audio.shape[-1] // self.features.hop_size
-        if audio.numel() == 0:
-            batch["mel"] = audio.new_zeros(audio.shape[0], self.features.num_mels, frames)
-            return batch
-        lengths = batch.get("lengths")
-        with torch.no_grad():
-            if lengths is None or self.trainer is None or self.trainer.training:
-                batch["mel"] = self._mel_module(audio.device)(audio.float())[..., :frames]
-            else:
-                batch["mel"] = self._clip_mels(audio.float(), lengths, frames)
-        return batch
-
-    def _mel_module(self, device: torch.device) -> MelSpectrogram:
-        if self._mel is None:
-            self._mel = MelSpectrogram(self.features)
-        self._mel = self._mel.to(device)
-        return self._mel
-
-    def _clip_mels(self, audio: torch.Tensor, lengths: torch.Tensor, frames: int) -> torch.Tensor:
-        """``(B, num_mels, frames)``: each clip's mel as if alone, silence after its ``lengths // hop`` frames."""
-        if self._framed_mel is None:
-            # Frames the signal pad_like_unpadded prepares (the STFT padding is already in it).
-            self._framed_mel = MelSpectrogram(self.features.replace(pad_mode="none", center=False))
-        self._framed_mel = self._framed_mel.to(audio.device)
-        lengths = lengths.to(audio.device)
-        mel = self._framed_mel(pad_like_unpadded(audio, lengths, self.features))[..., :frames]
-        own_frames = torch.div(lengths, self.features.hop_size, rounding_mode="floor")
-        own = torch.arange(frames, device=audio.device) < own_frames.unsqueeze(1)
-        return mel.masked_fill(~own.unsqueeze(1), silence_log_mel(self.features))
-

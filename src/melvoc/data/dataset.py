@@ -23,12 +23,13 @@ from melvoc.data.io import (
     read_crop,
     resampled_length,
 )
+from melvoc.data.resumable import ItemKey, item_rng
 from melvoc.data.sources import AudioEntry, OnError, check_on_error
 from melvoc.features import MelConfig, min_audio_length
 from melvoc.features.mel_files import MEL_FILE_SUFFIXES, read_mel_file
 from melvoc.features.statistics import check_mel_files
 
-__all__ = ["AudioDataset", "ShortClips", "load_mel", "silence_log_mel"]
+__all__ = ["AudioDataset", "ShortClips", "draw_below", "load_mel", "scale_audio", "silence_log_mel"]
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class AudioDataset(Dataset):
         max_seconds: cap on whole clips, or ``None``.
         mel_dir: folder of precomputed mels for fine-tuning, or ``None``.
         check_mel_stats: stop when a sample of the ``mel_dir`` mels has another floor, range or log
-            base than ``features`` (:func:`melvoc.identify.check_mel_statistics`).
+            base than ``features`` (:func:`melvoc.features.statistics.check_mel_statistics`).
         split: a label for messages (``train``, ``val``, ...).
     """
 
@@ -238,11 +239,16 @@ class AudioDataset(Dataset):
     def __len__(self) -> int:
         return len(self.infos)
 
-    def __getitem__(self, index: int) -> Optional[dict[str, Any]]:
+    def __getitem__(self, index: int | ItemKey) -> Optional[dict[str, Any]]:
+        """Item ``index``; or, from :class:`~melvoc.data.resumable.ResumableSampler`, ``(index, key)``:
+        then the crop offset (and any replacement item under ``on_error=skip``) is drawn from
+        :func:`~melvoc.data.resumable.item_rng` of ``key``, the same in every process and on resume."""
+        index, key = index if isinstance(index, tuple) else (index, None)
+        rng = None if key is None else item_rng(key)
         for attempt in range(_SKIP_RETRIES if self.segment_size else 1):
-            i = index if attempt == 0 else int(torch.randint(len(self.infos), ()).item())
+            i = index if attempt == 0 else draw_below(len(self.infos), rng)
             try:
-                return self._load(i)
+                return self._load(i, rng)
             except AudioDataError as exc:
                 if self.on_error == "raise":
                     raise
@@ -257,7 +263,7 @@ class AudioDataset(Dataset):
                 log.warning("%s data: skipped %s: %s (on_error=skip)", self.split, path, exc)
         return None
 
-    def _load(self, i: int) -> dict[str, Any]:
+    def _load(self, i: int, rng: Optional[np.random.Generator] = None) -> dict[str, Any]:
         info, hop, sr = self.infos[i], self.features.hop_size, self.features.sampling_rate
         mel = self._load_mel(i) if self.mel_paths[i] is not None else None
         length = self.lengths[i]
@@ -267,11 +273,10 @@ class AudioDataset(Dataset):
         if self.segment_size is not None:
             seg = self.segment_size
             if length >= seg:
-                # torch's RNG: DataLoader seeds it differently in every worker (and Lightning per rank).
                 if mel is not None:  # frame-aligned, so the mel crop matches exactly
-                    start = int(torch.randint(0, (length - seg) // hop + 1, ()).item()) * hop
+                    start = draw_below((length - seg) // hop + 1, rng) * hop
                 else:
-                    start = int(torch.randint(0, length - seg + 1, ()).item())
+                    start = draw_below(length - seg + 1, rng)
                 audio = read_crop(info, start, seg, sr, resample=self.resample)
                 valid = seg
             else:
@@ -301,17 +306,8 @@ class AudioDataset(Dataset):
         return item
 
     def _scale(self, audio: np.ndarray, i: int) -> np.ndarray:
-        scale = self.gain
-        if self.peaks is not None:
-            scale *= self.peak_normalize / max(float(self.peaks[i]), 1e-8)
-        elif self.peak_normalize is not None:
-            # librosa.util.normalize, as BigVGAN applies it to each crop: all-zero audio stays as it is.
-            peak = float(np.abs(audio).max()) if audio.size else 0.0
-            if peak > 0:
-                scale *= self.peak_normalize / peak
-        if scale != 1.0:
-            audio = np.clip(audio * np.float32(scale), -1.0, 1.0)
-        return audio
+        peak = None if self.peaks is None else float(self.peaks[i])
+        return scale_audio(audio, self.gain, self.peak_normalize, peak)
 
     def _load_mel(self, i: int) -> Tensor:
         path = self.mel_paths[i]
@@ -326,6 +322,34 @@ class AudioDataset(Dataset):
                 path,
             )
         return mel
+
+
+def draw_below(high: int, rng: Optional[np.random.Generator] = None) -> int:
+    """A uniform integer in ``[0, high)``: from ``rng``, else from torch's RNG (which the DataLoader
+    seeds differently in every worker, and Lightning per rank)."""
+    if rng is not None:
+        return int(rng.integers(high))
+    return int(torch.randint(0, high, ()).item())
+
+
+def scale_audio(audio: np.ndarray, gain: float, peak_normalize: Optional[float], peak: Optional[float]) -> np.ndarray:
+    """``audio`` times ``gain``, normalised to ``peak_normalize`` first when that is set, clipped to [-1, 1].
+
+    ``peak`` is the peak to normalise by (the whole file's: ``peak_normalize_scope=file``); ``None``
+    takes ``audio``'s own (``crop``), as ``librosa.util.normalize`` does in BigVGAN: all-zero audio
+    stays as it is.
+    """
+    scale = gain
+    if peak_normalize is not None:
+        if peak is not None:
+            scale *= peak_normalize / max(peak, 1e-8)
+        else:
+            own = float(np.abs(audio).max()) if audio.size else 0.0
+            if own > 0:
+                scale *= peak_normalize / own
+    if scale != 1.0:
+        audio = np.clip(audio * np.float32(scale), -1.0, 1.0)
+    return audio
 
 
 def read_mel_tensor(path: Path | str) -> Tensor:

@@ -35,6 +35,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 
 from melvoc.training.checks import LAST_CKPT, instantiate_group, resolve_ckpt_path, validate_config
+from melvoc.training.callbacks.interrupt import StopOnSignal
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,9 @@ class TrainingResult:
     is_global_zero: bool = True
     interrupted: bool = False
     fast_dev_run: bool = False
+    #: The signal (SIGTERM, SIGINT) that stopped the run, after writing ``last_checkpoint`` at its step.
+    stopped_by: str | None = None
+    stop_signal: int | None = None
 
 
 def train(cfg: DictConfig) -> TrainingResult:
@@ -129,8 +133,9 @@ def train(cfg: DictConfig) -> TrainingResult:
     datamodule = instantiate(cfg.data)
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks", Callback)
     tracker = _ValidationTracker()
+    stopper = StopOnSignal()
     loggers = instantiate_group(cfg.get("logger"), "logger", Logger)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, tracker], logger=loggers or False)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, tracker, stopper], logger=loggers or False)
 
     if loggers and not trainer.fast_dev_run:
         hparams = OmegaConf.to_container(cfg, resolve=True)
@@ -147,14 +152,14 @@ def train(cfg: DictConfig) -> TrainingResult:
         log.info("Resuming from %s", ckpt_path)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
-    finished = not trainer.interrupted and not trainer.fast_dev_run
+    finished = not trainer.interrupted and not trainer.fast_dev_run and stopper.step is None
     final = tracker.value
     if finished and tracker.step != trainer.global_step and trainer.global_step > 0:
         # The last validation (if any) was before the last step: measure the final weights.
         results = trainer.validate(model, datamodule=datamodule, verbose=False)
         final = _metric(results[0], VAL_METRIC) if results else None
 
-    last_ckpt = _save_final_last_checkpoint(trainer) if finished else None
+    last_ckpt = _save_final_last_checkpoint(trainer) if finished else stopper.checkpoint
     best_cb = _best_checkpoint_callback(trainer)
     return TrainingResult(
         run_dir=run_dir,
@@ -171,8 +176,10 @@ def train(cfg: DictConfig) -> TrainingResult:
         data_choices=dict(getattr(datamodule, "summary", {})),
         media=[line for cb in callbacks for line in getattr(cb, "written_to", {}).values()],
         is_global_zero=trainer.is_global_zero,
-        interrupted=trainer.interrupted,
+        interrupted=trainer.interrupted or stopper.step is not None,
         fast_dev_run=bool(trainer.fast_dev_run),
+        stopped_by=stopper.signal_name,
+        stop_signal=stopper.signum,
     )
 
 
@@ -209,6 +216,8 @@ def _duration(seconds: float) -> str:
 def format_summary(result: TrainingResult) -> str:
     """The closing summary that ``train.py`` prints: metric before/after and where things are."""
     state = "interrupted" if result.interrupted else "finished"
+    if result.stopped_by:
+        state = f"stopped by {result.stopped_by} (checkpoint written at step {result.global_step})"
     if result.fast_dev_run:
         state = "fast_dev_run finished (no checkpoints or logs are written)"
     lines = [f"melvoc training {state}: {result.global_step} steps, {result.epoch} epoch(s), "
