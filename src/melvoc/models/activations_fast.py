@@ -2,28 +2,35 @@
 
 :class:`FastAntiAliasedActivation` is :class:`~melvoc.models.activations.AntiAliasedActivation` (same
 parameters, buffers and state-dict keys) with another ``forward``. The reference resamples each channel
-with a depthwise transposed convolution (ATen's slow grouped path), replicate-pads twice and evaluates
-the Snake formula in five passes over memory. Here, since every channel uses the same low-pass:
+with a depthwise transposed convolution (ATen's slow grouped path) and a strided depthwise convolution,
+replicate-pads twice and evaluates the Snake formula in five passes over memory. Here, since every
+channel uses the same low-pass:
 
-* **Polyphase up-sampling as one matrix product.** The 2x up-sampler's even and odd outputs are two
+* **Polyphase up-sampling as a matrix product.** The 2x up-sampler's even and odd outputs are two
   ``K/2``-tap filters of the input. The padded input of all channels is cut into rows of ``BLOCK``
-  samples; one ``(rows, BLOCK) @ (BLOCK, 2 BLOCK)`` product plus one for the few samples each row
-  needs from the next (a strided view, no copy) gives every output, already interleaved.
+  samples; a ``(rows, BLOCK) @ (BLOCK, 2 BLOCK)`` product plus one for the few samples each row needs
+  from the next (a strided view of the same rows, no copy) gives every output, already interleaved.
 * **Padding once.** The input is replicate-padded once, far enough that the up-sampled signal covers
   the down-sampler's reach; the down-sampler's replicate padding (of the up-sampled signal) is two
-  small in-place copies at the ends instead of a padded copy of the whole signal.
-* **Down-sampling as one matrix product** on the same row layout: ``(rows, 2 BLOCK) @ (2 BLOCK, BLOCK)``
-  plus the next row's head; the stride and the crop are in the matrix.
-* **Snake in four passes** (multiply, ``sin_``, square, ``addcmul``), in place on one buffer, with
+  small in-place copies at its ends instead of a padded copy of the whole signal.
+* **Down-sampling as a matrix product** on the same row layout, ``(rows, 2 BLOCK) @ (2 BLOCK, BLOCK)``
+  plus the next row's head: the stride and the crop are in the matrix.
+* **Snake in four passes** (multiply, ``sin_``, square, ``addcmul``) on one buffer, with
   ``1 / (beta + eps)`` computed once per call for the ``C`` channels instead of a division per sample.
-* **A hand-written backward** (:class:`_AntiAliasedSnake`): the adjoint products, the adjoint of the
-  padding, and Snake's derivative from one ``sin`` and one ``cos`` of the saved input. Only the padded
-  input is kept for it (``C x T`` values, where autograd through the reference keeps about nine times that).
+* **A hand-written backward** (:class:`_AntiAliasedSnake`): the transposed products, the adjoints of
+  the paddings, and Snake's derivative from the saved ``sin(alpha u)`` and one ``cos``. It keeps the
+  up-sampled signal and its sine, about 4 ``C x T`` values, where autograd through the reference
+  keeps about 14.
 
-Under tracing (ONNX export, ``torch.jit.trace``) the same products run out of place (:func:`_traceable`),
-since in-place writes into slices do not export. Everything is plain torch; it runs on any device and
-under ``torch.compile``. Under autocast the products run in the autocast dtype and Snake in the
-promoted dtype, as the reference's convolutions and elementwise ops do.
+Measured against the reference (``benchmarks/bench_bigvgan.py``, README "Benchmarks"): pays on the
+CPU. Tried and dropped, for no gain on the CPU: 8, 32 or 64 samples per row; two depthwise
+convolutions per resampler instead of the products; ``sin^2 = (1 - cos 2x) / 2`` with the scales moved
+into the products (kept for export only, below); ``torch.compile`` of the whole generator.
+
+Under tracing (ONNX export, ``torch.jit.trace``) :func:`_traceable` computes the same function as a
+graph without writes into slices. Everything is plain torch: it runs on any device, trains, exports,
+and traces under ``torch.compile``. Under autocast the products run in the autocast dtype and Snake in
+the promoted dtype, as the reference's convolutions and elementwise ops do.
 """
 
 from __future__ import annotations
@@ -83,11 +90,13 @@ class _Geometry:
             raise ValueError(f"anti-aliasing kernel_size {k} is too long for block {block}")
         return geometry
 
-    def rows(self, length: int) -> int:
-        """Rows per channel for ``length`` input samples: the up-sampler's reach and one spare row, so
-        that a row's look into the next one never crosses into another channel where it matters."""
-        up_reach = self.z_shift // 2 + length + self.up_taps - 1
-        return max(math.ceil(up_reach / self.block), math.ceil(length / self.block) + 1)
+    def rows(self, length: Any) -> Any:
+        """Rows per channel for ``length`` input samples: ``ceil((length + slack) / L)``, which covers the
+        up-sampler's reach (``z_shift / 2 + up_taps - 1`` samples past the input) and has a spare row
+        (``slack >= L``), so that a row's look into the next one never crosses into another channel
+        where it matters. Integer operators only: under tracing ``length`` is a graph value."""
+        slack = max(self.z_shift // 2 + self.up_taps - 1, self.block)
+        return (length + slack + self.block - 1) // self.block
 
 
 def resampling_matrices(taps: Tensor, block: int = BLOCK) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -158,49 +167,49 @@ def _replicate_ends_(z: Tensor, plan: _Plan) -> None:
     z[..., stop:] = z[..., stop - 1 : stop]
 
 
-def _snake_(u: Tensor, alpha: Tensor, inv_beta: Tensor) -> Tensor:
-    """``u + inv_beta * sin(alpha u)^2`` in a new buffer, four passes; dtype as the reference's promotion."""
-    z = u * alpha
-    z.sin_()
-    z.mul_(z)
-    return torch.addcmul(u, z, inv_beta, out=z)
-
-
 def _compute_dtype(x: Tensor) -> torch.dtype:
     device = x.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
+def _anti_aliased_snake(
+    x: Tensor, alpha: Tensor, inv_beta: Tensor, plan: _Plan, dtype: torch.dtype, keep: bool = False
+) -> tuple[Tensor, Optional[tuple[Tensor, Tensor]]]:
+    """``x (B, C, T) -> (B, C, T)``: pad, up-sample to ``u``, ``u + inv_beta sin(alpha u)^2``, replicate the
+    ends, down-sample. With ``keep``, also ``(u, sin(alpha u))`` for the backward (in the Snake dtype,
+    the reference's promotion of the products' dtype and the parameters')."""
+    b, c, t = x.shape
+    u = _up(_pad(x.to(dtype), plan), plan).view(b, c, -1)
+    sin = torch.mul(u, alpha).sin_()
+    z = torch.mul(sin, sin) if keep else sin.mul_(sin)
+    torch.addcmul(u, z, inv_beta, out=z)
+    _replicate_ends_(z, plan)
+    y = _down(z.to(dtype).view(-1, 2 * plan.g.block), plan)
+    return y.view(b, c, -1)[..., :t], (u, sin) if keep else None
+
+
 class _AntiAliasedSnake(torch.autograd.Function):
-    """``x (B, C, T), alpha (1, C, 1), inv_beta (1, C, 1) -> (B, C, T)`` with a hand-written backward."""
+    """:func:`_anti_aliased_snake` with a hand-written backward."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, alpha: Tensor, inv_beta: Tensor, plan: _Plan, dtype: torch.dtype) -> Tensor:
-        b, c, t = x.shape
-        xp = _pad(x.to(dtype), plan)
-        u = _up(xp, plan).view(b, c, -1)
-        z = _snake_(u, alpha, inv_beta)
-        _replicate_ends_(z, plan)
-        y = _down(z.to(dtype).view(-1, 2 * plan.g.block), plan)
-        ctx.save_for_backward(xp, alpha, inv_beta)
-        ctx.plan, ctx.x_dtype = plan, x.dtype
-        return y.view(b, c, -1)[..., :t]
+        y, (u, sin) = _anti_aliased_snake(x, alpha, inv_beta, plan, dtype, keep=True)
+        ctx.save_for_backward(u, sin, alpha, inv_beta)
+        ctx.plan, ctx.dtype, ctx.x_dtype = plan, dtype, x.dtype
+        return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:
-        xp, alpha, inv_beta = ctx.saved_tensors
+        u, sin, alpha, inv_beta = ctx.saved_tensors
         plan: _Plan = ctx.plan
-        g = plan.g
+        g, dtype = plan.g, ctx.dtype
         b, c, t = plan.batch, plan.channels, plan.length
-        dtype = xp.dtype
         # Adjoint of the down-sampler (the crop to T, then the block products).
-        gy = grad.new_zeros(b, c, plan.rows * g.block, dtype=dtype)
-        gy[..., :t] = grad
-        gy = gy.view(-1, g.block)
+        gy = nn.functional.pad(grad.to(dtype), (0, plan.rows * g.block - t)).view(-1, g.block)
         gz = torch.mm(gy, plan.down.t())
         gz[1:, : g.down_halo].addmm_(gy[:-1], plan.down_halo.t())
-        gz = gz.view(b, c, -1)
+        gz = gz.view(b, c, -1).to(sin.dtype)
         # Adjoint of the replicated ends: their gradients go to the samples they copy.
         start, stop = _valid(plan)
         gz[..., start] += gz[..., :start].sum(-1)
@@ -208,19 +217,15 @@ class _AntiAliasedSnake(torch.autograd.Function):
         gz[..., :start] = 0
         gz[..., stop:] = 0
         # Snake: dz/du = 1 + 2 a ib sin(a u) cos(a u), dz/da = 2 ib u sin cos, dz/d(ib) = sin^2.
-        u = _up(xp, plan).view(b, c, -1)
-        theta = u * alpha
-        sin, cos = torch.sin(theta), theta.cos_()
-        gz = gz.to(sin.dtype)
+        cos = torch.mul(u, alpha).cos_()
         g_sin = gz * sin
         grad_inv_beta = (g_sin * sin).sum((0, 2), keepdim=True) if ctx.needs_input_grad[2] else None
         g_sin_cos = g_sin.mul_(cos)
         grad_alpha = (g_sin_cos * u).sum((0, 2), keepdim=True).mul_(2 * inv_beta) if ctx.needs_input_grad[1] else None
-        gu = torch.addcmul(gz, g_sin_cos, 2 * alpha * inv_beta, out=g_sin_cos) if ctx.needs_input_grad[0] else None
         grad_x = None
-        if gu is not None:
+        if ctx.needs_input_grad[0]:
+            gu = torch.addcmul(gz, g_sin_cos, 2 * alpha * inv_beta, out=g_sin_cos).to(dtype).view(-1, 2 * g.block)
             # Adjoint of the up-sampler, then of the replicate padding.
-            gu = gu.to(dtype).view(-1, 2 * g.block)
             gxp = torch.mm(gu, plan.up.t())
             gxp[1:, : g.up_halo].addmm_(gu[:-1], plan.up_halo.t())
             gxp = gxp.view(b, c, -1)
@@ -231,19 +236,34 @@ class _AntiAliasedSnake(torch.autograd.Function):
         return grad_x, grad_alpha, grad_inv_beta, None, None
 
 
-def _traceable(x: Tensor, alpha: Tensor, inv_beta: Tensor, plan: _Plan, dtype: torch.dtype) -> Tensor:
-    """The same computation out of place, for exporters that record a graph (no writes into slices)."""
-    b, c, t = x.shape
+def _product_traced(rows: Tensor, main: Tensor, halo: Tensor) -> Tensor:
+    """``rows @ main`` plus each next row's head ``@ halo``, out of place: one Gemm and one Gemm with addend."""
+    head = nn.functional.pad(rows[1:, : halo.size(0)], (0, 0, 0, 1))
+    return torch.addmm(torch.mm(rows, main), head, halo)
+
+
+def _traceable(x: Tensor, alpha: Tensor, inv_beta: Tensor, plan: _Plan, channels: int) -> Tensor:
+    """The same function as a graph for exporters (ONNX, ``torch.jit.trace``): no writes into slices, the
+    length a graph value, and few passes, since ONNX Runtime runs each node on its own.
+
+    ``u + ib sin^2(a u) = u + c - c cos(2 a u)`` with ``c = ib / 2``; ``2a`` scales the input before the
+    (linear) up-sampler and ``1 / (2a)`` the output, and ``c`` times the low-pass's gain at DC (1 up to
+    the taps' rounding) is added after the down-sampler. So the 2x signal takes four passes (crop and
+    replicate-pad the ends, cos, multiply-add). Channels with ``a = 0`` (where the reference gives ``u``)
+    use ``2a -> 1``, ``c -> 0``."""
     g = plan.g
-    xp = _pad(x.to(dtype), plan)
-    u = torch.mm(xp, plan.up) + nn.functional.pad(torch.mm(xp[1:, : g.up_halo], plan.up_halo), (0, 0, 0, 1))
-    u = u.view(b, c, -1)
+    t = x.shape[-1]
+    nonzero = alpha != 0
+    scale = torch.where(nonzero, 2 * alpha, torch.ones_like(alpha))
+    half = torch.where(nonzero, 0.5 * inv_beta, torch.zeros_like(inv_beta))
+    after = plan.rows * g.block - g.x_shift - t
+    xp = nn.functional.pad(x * scale, (g.x_shift, after), mode="replicate").reshape(-1, g.block)
+    v = _product_traced(xp, plan.up, plan.up_halo).reshape(x.shape[0], channels, -1)
     start, stop = _valid(plan)
-    first, last = u[..., start : start + 1], u[..., stop - 1 : stop]
-    u = torch.cat([first.expand(b, c, start), u[..., start:stop], last.expand(b, c, u.size(-1) - stop)], -1)
-    z = (u + torch.sin(u * alpha).square() * inv_beta).to(dtype).view(-1, 2 * g.block)
-    y = torch.mm(z, plan.down) + nn.functional.pad(torch.mm(z[1:, : g.down_halo], plan.down_halo), (0, 0, 0, 1))
-    return y.view(b, c, -1)[..., :t]
+    v = nn.functional.pad(v[..., start:stop], (start, v.shape[-1] - stop), mode="replicate")
+    z = torch.addcmul(v, torch.cos(v), -scale * half).reshape(-1, 2 * g.block)
+    y = _product_traced(z, plan.down, plan.down_halo).reshape(x.shape[0], channels, -1)[..., :t]
+    return torch.addcmul(half * plan.down[:, 0].sum(), y, 1.0 / scale)
 
 
 class FastAntiAliasedActivation(AntiAliasedActivation):
@@ -276,7 +296,8 @@ class FastAntiAliasedActivation(AntiAliasedActivation):
         matrices = tuple(m.to(dtype) for m in (self._up, self._up_halo, self._down, self._down_halo))
         plan = _Plan(self.geometry, matrices, x)
         alpha, inv_beta = self._snake_parameters()
-        with torch.autocast(x.device.type, enabled=False):
-            if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-                return _traceable(x, alpha, inv_beta, plan, dtype)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return _traceable(x, alpha, inv_beta, plan, self.act.alpha.numel())
+        if torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad or inv_beta.requires_grad):
             return _AntiAliasedSnake.apply(x, alpha, inv_beta, plan, dtype)
+        return _anti_aliased_snake(x, alpha, inv_beta, plan, dtype)[0]
