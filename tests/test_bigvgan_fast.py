@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 
-import lightning as L
 import numpy as np
 import onnx
 import pytest

@@ -35,7 +35,6 @@ the promoted dtype, as the reference's convolutions and elementwise ops do.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -71,19 +70,18 @@ class _Geometry:
     def of(cls, kernel_size: int, block: int = BLOCK) -> "_Geometry":
         k = kernel_size
         # Output 2i + q of the up-sampler is sum_o 2 h[k/2 - 1 + q - 2 o] x[clamp(i + o)] (the reference's
-        # zero-stuffing, padding and crop, written out); o spans [lo, hi] over both phases.
-        lo = min(-((k // 2) // 2), -((k // 2 - 1) // 2))
-        hi = max((k // 2 - 1) // 2, (k // 2) // 2)
-        z_shift = 2 * math.ceil((k // 2 - 1) / 2)
+        # zero-stuffing, padding and crop, written out); over both phases o spans [-reach, reach].
+        reach = k // 4
+        z_shift = 2 * reach  # covers the down-sampler's left reach of k/2 - 1 samples, and is even
         down_offset = z_shift - (k // 2 - 1)
         geometry = cls(
             kernel_size=k,
             block=block,
-            x_shift=z_shift // 2 - lo,
+            x_shift=z_shift // 2 + reach,
             z_shift=z_shift,
-            up_taps=hi - lo + 1,
+            up_taps=2 * reach + 1,
             down_offset=down_offset,
-            up_halo=hi - lo,
+            up_halo=2 * reach,
             down_halo=down_offset + k - 2,
         )
         if geometry.up_halo > block or geometry.down_halo > 2 * block:
@@ -138,7 +136,8 @@ def _pad(x: Tensor, plan: _Plan) -> Tensor:
     b, c, t = x.shape
     g = plan.g
     after = plan.rows * g.block - g.x_shift - t
-    return torch.cat([x[..., :1].expand(b, c, g.x_shift), x, x[..., -1:].expand(b, c, after)], -1).view(-1, g.block)
+    padded = torch.cat([x[..., :1].expand(b, c, g.x_shift), x, x[..., -1:].expand(b, c, after)], -1)
+    return padded.view(-1, g.block)
 
 
 def _up(xp: Tensor, plan: _Plan) -> Tensor:
