@@ -2,7 +2,7 @@
 
     python benchmarks/bench_bigvgan.py [--widths 256 1536] [--threads 2] [--rounds 5] [--seconds 1]
                                        [--segment 8192] [--train-steps 3] [--train-rounds 2]
-                                       [--clock wall|cpu] [--json r.json]
+                                       [--clock wall|cpu] [--device cpu|cuda] [--json r.json]
     python benchmarks/bench_bigvgan.py --smoke       # width 64, short inputs, one round (the test suite)
 
 Contenders, each built on the BigVGAN v2 24 kHz 100-band 256x layout (NVIDIA/BigVGAN
@@ -135,15 +135,18 @@ def fold(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def interleave(case: Case, calls: dict[str, Callable[[], object]], rounds: int, clock: Callable[[], float]) -> None:
+def interleave(case: Case, calls: dict[str, Callable[[], object]], args: argparse.Namespace) -> None:
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     for call in calls.values():
         call()
-    for _ in range(rounds):
+    for _ in range(args.rounds):
         this = {}
         for who, call in calls.items():
-            start = clock()
+            sync()
+            start = args.clock()
             call()
-            this[who] = clock() - start
+            sync()
+            this[who] = args.clock() - start
             case.times.setdefault(who, []).append(this[who])
         case.rounds.append(this)
 
@@ -151,10 +154,11 @@ def interleave(case: Case, calls: dict[str, Callable[[], object]], rounds: int, 
 def forward_cases(width: int, models: dict[str, nn.Module], args: argparse.Namespace) -> tuple[list[Case], str]:
     frames = max(1, round(args.seconds * 24000 / 256))
     torch.manual_seed(1)
-    mel = torch.rand(1, 100, frames) * 10 - 8
+    mel = (torch.rand(1, 100, frames) * 10 - 8).to(args.device)
     seg_frames = max(1, args.segment // 256)
-    seg_mel = torch.rand(1, 100, seg_frames) * 10 - 8
-    projection = torch.randn(1, 1, seg_frames * 256)
+    seg_mel = (torch.rand(1, 100, seg_frames) * 10 - 8).to(args.device)
+    projection = torch.randn(1, 1, seg_frames * 256).to(args.device)
+    models = {who: m.to(args.device) for who, m in models.items()}
 
     def train_call(model: nn.Module) -> Callable[[], object]:
         params = list(model.parameters())
@@ -167,13 +171,13 @@ def forward_cases(width: int, models: dict[str, nn.Module], args: argparse.Names
         return call
 
     backward = Case("forward+backward", width, f"{seg_frames * 256} samples")
-    interleave(backward, {who: train_call(m.train()) for who, m in models.items()}, args.rounds, args.clock)
+    interleave(backward, {who: train_call(m.train()) for who, m in models.items()}, args)
 
     folded = {who: fold(m) for who, m in models.items()}
     forward = Case("forward", width, f"{frames * 256 / 24000:.2f} s of audio")
     with torch.inference_mode():
         outputs = {who: m(mel) for who, m in folded.items()}
-        interleave(forward, {who: (lambda m=m: m(mel)) for who, m in folded.items()}, args.rounds, args.clock)
+        interleave(forward, {who: (lambda m=m: m(mel)) for who, m in folded.items()}, args)
     base = outputs.get(OFFICIAL, outputs[REFERENCE])
     diffs = ", ".join(f"{who} {(out - base).abs().max().item():.1e}" for who, out in outputs.items() if out is not base)
     against = OFFICIAL if OFFICIAL in outputs else REFERENCE
@@ -221,7 +225,7 @@ def training_case(args: argparse.Namespace, workdir: Path) -> Case:
             cfg.model.generator.fast_activation = fast
             model, datamodule, timer = instantiate(cfg.model), instantiate(cfg.data), StepTimer(args.clock)
             trainer = L.Trainer(
-                accelerator="cpu", devices=1, max_steps=args.train_steps + 1, limit_val_batches=0,
+                accelerator="cuda" if args.device.startswith("cuda") else "cpu", devices=1, max_steps=args.train_steps + 1, limit_val_batches=0,
                 num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                 enable_model_summary=False, callbacks=[timer], default_root_dir=str(workdir / "run"),
             )
@@ -261,6 +265,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[256, 1536], help="upsample_initial_channel values")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the official CUDA kernel is not timed)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds of forward and forward+backward")
     parser.add_argument("--seconds", type=float, default=1.0, help="audio per forward call")
     parser.add_argument("--segment", type=int, default=8192, help="samples of forward+backward and training steps")
@@ -293,7 +298,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             cases.append(training_case(args, Path(tmp)))
     cases.sort(key=lambda c: ["forward", "forward+backward", "training step"].index(c.name))
     print(
-        f"BigVGAN v2 24 kHz layout on cpu ({platform.machine()}, {args.threads} threads, torch {torch.__version__}"
+        f"BigVGAN v2 24 kHz layout on {args.device} ({platform.machine()}, {args.threads} threads, torch {torch.__version__}"
         f"{', SMOKE RUN' if args.smoke else ''}); forward and forward+backward: median of {args.rounds} interleaved "
         f"rounds; training step: median of {args.train_steps} steps x {args.train_rounds} alternating fits"
     )

@@ -27,6 +27,7 @@ from melvoc.peers import bigvgan
 from melvoc.training import train
 from tests.conftest import FIXTURES, REPO, compose_config, path_overrides
 from tests.test_bigvgan_training import QUIET, plain_launch, synthetic_lists  # noqa: F401 (fixture)
+from tests.test_features import CountHostReads
 
 BIGVGAN = FIXTURES / "peers" / "bigvgan_v2_24khz_100band"
 
@@ -227,6 +228,17 @@ def test_fast_activation_keeps_the_reference_state_dict():
     assert FastAntiAliasedActivation(act).state_dict().keys() == AntiAliasedActivation(act).state_dict().keys()
     fast, reference = twins(**PUBLISHED["bigvgan_v2_24khz_100band_256x"], upsample_initial_channel=64)
     assert fast.state_dict().keys() == reference.state_dict().keys()
+
+
+def test_forward_and_backward_never_read_to_host():
+    act = SnakeBeta(4, logscale=True)
+    fast = FastAntiAliasedActivation(act)
+    x = torch.randn(2, 4, 30, requires_grad=True)
+    with CountHostReads() as counter:
+        fast(x).sum().backward()
+        with torch.no_grad():
+            fast(x)
+    assert counter.reads == 0
 
 
 def test_compiles_with_torch_compile():
