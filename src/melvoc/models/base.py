@@ -8,7 +8,7 @@ one logits tensor and one list of feature maps per sub-discriminator.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
@@ -84,6 +84,9 @@ class VocoderGenerator(nn.Module):
 
     num_mels: int
     config: Optional[MelConfig] = None
+    #: Constructor arguments that choose how the function is computed, not which function (a fast path's
+    #: switch): checkpoints that differ only in them are interchangeable, so fine-tuning ignores them.
+    execution_options: ClassVar[tuple[str, ...]] = ()
 
     @property
     def hop_size(self) -> int:

@@ -17,6 +17,11 @@ v2 44 kHz 128-band 512x         8, 4, 2, 2, 2, 2     16, 8, 4, 4, 4, 4    1536  
 All use resblock ``"1"``, kernels 3, 7, 11 with dilations 1, 3, 5 and ``snake_logscale: true``.
 Without the final tanh, the output is clamped to ``[-1, 1]`` (v2).
 
+``fast_activation`` (default on) computes the anti-aliased activations with
+:class:`~melvoc.models.activations_fast.FastAntiAliasedActivation` (block matrix products, a
+hand-written backward) instead of the reference :class:`~melvoc.models.activations.AntiAliasedActivation`;
+same parameters, same state dict, the same function within float32 rounding (``tests/test_bigvgan_fast.py``).
+
 Every convolution is weight-normalised (``torch.nn.utils.parametrizations.weight_norm``). The peers
 re-initialise their convolutions with N(0, 0.01) *after* applying weight norm, which only overwrites a
 derived tensor and so has no effect: PyTorch's default initialisation is what they really train from,
@@ -34,6 +39,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from melvoc.models.activations import AntiAliasedActivation, Snake, SnakeBeta
+from melvoc.models.activations_fast import FastAntiAliasedActivation
 from melvoc.models.base import VocoderGenerator, fold_weight_norm
 from melvoc.models.hifigan import check_generator_layout, multi_receptive_field
 
@@ -52,8 +58,9 @@ def _conv(channels: int, kernel_size: int, dilation: int) -> nn.Module:
     )
 
 
-def _activation(kind: str, channels: int, logscale: bool) -> AntiAliasedActivation:
-    return AntiAliasedActivation(_ACTIVATIONS[kind](channels, logscale=logscale))
+def _activation(kind: str, channels: int, logscale: bool, fast: bool) -> AntiAliasedActivation:
+    anti_aliased = FastAntiAliasedActivation if fast else AntiAliasedActivation
+    return anti_aliased(_ACTIVATIONS[kind](channels, logscale=logscale))
 
 
 class AMPBlock1(nn.Module):
@@ -65,6 +72,7 @@ class AMPBlock1(nn.Module):
         dilations: one pair of convolutions per dilation (the second is undilated).
         activation: ``"snake"`` or ``"snakebeta"``, anti-aliased.
         snake_logscale: the activation parameters are stored as logarithms.
+        fast_activation: :class:`FastAntiAliasedActivation` instead of the reference :class:`AntiAliasedActivation`.
     """
 
     def __init__(
@@ -74,12 +82,17 @@ class AMPBlock1(nn.Module):
         dilations: Sequence[int] = (1, 3, 5),
         activation: str = "snakebeta",
         snake_logscale: bool = True,
+        fast_activation: bool = True,
     ) -> None:
         super().__init__()
         self.convs1 = nn.ModuleList(_conv(channels, kernel_size, int(d)) for d in dilations)
         self.convs2 = nn.ModuleList(_conv(channels, kernel_size, 1) for _ in dilations)
-        self.acts1 = nn.ModuleList(_activation(activation, channels, snake_logscale) for _ in dilations)
-        self.acts2 = nn.ModuleList(_activation(activation, channels, snake_logscale) for _ in dilations)
+        self.acts1 = nn.ModuleList(
+            _activation(activation, channels, snake_logscale, fast_activation) for _ in dilations
+        )
+        self.acts2 = nn.ModuleList(
+            _activation(activation, channels, snake_logscale, fast_activation) for _ in dilations
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         for c1, c2, a1, a2 in zip(self.convs1, self.convs2, self.acts1, self.acts2):
@@ -100,10 +113,13 @@ class AMPBlock2(nn.Module):
         dilations: Sequence[int] = (1, 3, 5),
         activation: str = "snakebeta",
         snake_logscale: bool = True,
+        fast_activation: bool = True,
     ) -> None:
         super().__init__()
         self.convs = nn.ModuleList(_conv(channels, kernel_size, int(d)) for d in dilations)
-        self.acts = nn.ModuleList(_activation(activation, channels, snake_logscale) for _ in dilations)
+        self.acts = nn.ModuleList(
+            _activation(activation, channels, snake_logscale, fast_activation) for _ in dilations
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         for conv, act in zip(self.convs, self.acts):
@@ -126,10 +142,16 @@ class BigVGANGenerator(VocoderGenerator):
         snake_logscale: activation parameters stored as logarithms (published: true).
         use_tanh_at_final: ``tanh`` on the output (v1); otherwise a clamp to ``[-1, 1]`` (v2).
         use_bias_at_final: bias in ``conv_post`` (v1: yes, v2: no).
+        fast_activation: compute the anti-aliased activations with :class:`FastAntiAliasedActivation`
+            (the default) or with the reference :class:`AntiAliasedActivation` (``false``). Not a field
+            of BigVGAN's config: it chooses how the same function is computed, so checkpoints made
+            either way are interchangeable.
 
     The defaults are the published v2 24 kHz 100-band 256x model. ``forward``:
     ``(B, num_mels, frames) -> (B, 1, frames * hop_size)``.
     """
+
+    execution_options = ("fast_activation",)
 
     def __init__(
         self,
@@ -144,6 +166,7 @@ class BigVGANGenerator(VocoderGenerator):
         snake_logscale: bool = True,
         use_tanh_at_final: bool = False,
         use_bias_at_final: bool = False,
+        fast_activation: bool = True,
     ) -> None:
         super().__init__()
         upsample_rates, upsample_kernel_sizes, resblock, final_channels = check_generator_layout(
@@ -162,6 +185,7 @@ class BigVGANGenerator(VocoderGenerator):
         self.upsample_rates = upsample_rates
         self.num_kernels = len(resblock_kernel_sizes)
         self.use_tanh_at_final = bool(use_tanh_at_final)
+        self.fast_activation = bool(fast_activation)
         block = AMPBlock1 if resblock == "1" else AMPBlock2
 
         self.conv_pre = weight_norm(nn.Conv1d(self.num_mels, upsample_initial_channel, 7, 1, padding=3))
@@ -172,8 +196,10 @@ class BigVGANGenerator(VocoderGenerator):
             c_out = upsample_initial_channel // 2 ** (i + 1)
             self.ups.append(weight_norm(nn.ConvTranspose1d(c_in, c_out, k, u, padding=(k - u) // 2)))
             for rk, rd in zip(resblock_kernel_sizes, resblock_dilation_sizes):
-                self.resblocks.append(block(c_out, int(rk), [int(d) for d in rd], activation, snake_logscale))
-        self.activation_post = _activation(activation, final_channels, snake_logscale)
+                self.resblocks.append(
+                    block(c_out, int(rk), [int(d) for d in rd], activation, snake_logscale, self.fast_activation)
+                )
+        self.activation_post = _activation(activation, final_channels, snake_logscale, self.fast_activation)
         self.conv_post = weight_norm(nn.Conv1d(final_channels, 1, 7, 1, padding=3, bias=bool(use_bias_at_final)))
 
     @property

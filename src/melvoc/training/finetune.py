@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
+from hydra.utils import get_class
 from lightning.pytorch.callbacks import Callback
 
 from melvoc.features import MelConfig
@@ -37,6 +38,17 @@ log = logging.getLogger(__name__)
 def _config_differences(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     keys = list(dict.fromkeys([*theirs, *ours]))
     return [(k, ours.get(k), theirs.get(k)) for k in keys if _normalize(ours.get(k)) != _normalize(theirs.get(k))]
+
+
+def _execution_options(*nodes: Mapping[str, Any]) -> set[str]:
+    """The generator classes' ``execution_options``: switches of how, not what, a generator computes."""
+    names: set[str] = set()
+    for node in nodes:
+        try:
+            names.update(getattr(get_class(str(node.get("_target_"))), "execution_options", ()))
+        except (ImportError, ValueError):
+            continue
+    return names
 
 
 def _normalize(value: Any) -> Any:
@@ -152,10 +164,11 @@ class InitFromCheckpoint(Callback):
         ]
         ours_generator = dict(getattr(pl_module.hparams, "generator", None) or {})
         ours_generator.setdefault("num_mels", features.num_mels)
+        ignored = {"num_mels", *_execution_options(ours_generator, checkpoint.generator)}
         problems += [
             f"model.generator.{key}={_override(theirs)} (this run: {_override(ours)})"
             for key, ours, theirs in _config_differences(ours_generator, checkpoint.generator)
-            if key != "num_mels"
+            if key not in ignored
         ]
         if problems:
             raise CheckpointError(
