@@ -23,8 +23,8 @@ of ``data=filelist`` and ``data=shards`` on the same 22.05 kHz clips of 2-6 s (o
 ``--batches``), workers and batches, local disk, run alternately:
 the file loader (``ResumableDataLoader`` over ``AudioDataset``) against the shard loader
 (``ShardDataModule``'s litdata stream over the clips packed by ``melvoc.data.pack``), with the files
-each opens per epoch (the file loader opens the clip's file for every crop; the shard loader opens
-each chunk once, plus ``index.json``). A third table gives the pack throughput with 1 and 2
+each opens in one whole epoch, counted by ``strace`` (``open``/``openat`` of the data files, every
+worker included) where strace is installed. A third table gives the pack throughput with 1 and 2
 decoding workers (clips/s and hours of audio packed per minute), best of ``--repeats``.
 """
 
@@ -32,7 +32,10 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -124,16 +127,49 @@ def drain(loader, batches: int, batch_size: int) -> float:
     return count / (time.perf_counter() - started)
 
 
+def make_loader(kind: str, root: Path, args: argparse.Namespace):
+    """The ``data=filelist`` (``kind="file"``) or ``data=shards`` training loader over the clips under ``root``."""
+    if kind == "file":
+        dataset = AudioDataset(sorted((root / "wavs").glob("*.wav")), FEATURES, segment_size=args.segment_size)
+        sampler = ResumableSampler(dataset, seed=0, drop_last=True)
+        return ResumableDataLoader(dataset, sampler=sampler, batch_size=args.batch_size, drop_last=True,
+                                   collate_fn=AudioCollate(), num_workers=args.workers)
+    from melvoc.data.shards import ShardDataModule
+
+    dm = ShardDataModule(FEATURES, train_shards=str(root / "packed-wavs-1"), segment_size=args.segment_size,
+                         batch_size=args.batch_size, num_workers=args.workers, seed=0, drop_last=True,
+                         cache_dir=str(root / "cache"))
+    dm.setup("fit")
+    return dm.train_dataloader()
+
+
+def files_opened_per_epoch(kind: str, root: Path, args: argparse.Namespace) -> str:
+    """Opens of data files (clips, chunks, indexes) in one whole epoch of ``kind``'s loader, every worker
+    included, after the loader's set-up (which reads each clip's header once per run), counted by strace
+    in a child process; ``"n/a"`` without strace."""
+    if shutil.which("strace") is None:
+        return "n/a (no strace)"
+    log = root / f"strace-{kind}.log"
+    command = ["strace", "-f", "-qq", "-e", "trace=open,openat", "-o", str(log), sys.executable, __file__,
+               "--one-epoch", kind, "--data", str(root), "--workers", str(args.workers),
+               "--batch-size", str(args.batch_size), "--segment-size", str(args.segment_size)]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    lines = log.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if str(root / f"epoch-start-{kind}") in line)
+    data = tuple(f'"{root / folder}/' for folder in ("wavs", "packed-wavs-1", "cache"))
+    count = sum(1 for line in lines[start:] if any(d in line for d in data) and " = -1 " not in line)
+    return f"{count:,}"
+
+
 def shard_tables(args: argparse.Namespace) -> list[str]:
     """The file loader against the shard loader, and the pack throughput (markdown lines)."""
     from melvoc.data.pack import pack
-    from melvoc.data.shards import ShardDataModule
 
     lines = []
     # One epoch must hold all timed batches: (batches + 1) * batch_size clips of 2-6 s.
     count = (args.batches + 1) * args.batch_size
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_files(Path(tmp) / "wavs", count, TARGET_RATE, 2.0, 6.0, seed=7)
+        write_files(Path(tmp) / "wavs", count, TARGET_RATE, 2.0, 6.0, seed=7)
         write_files(Path(tmp) / "wavs44", count, 44100, 2.0, 6.0, seed=7)
         pack_rows = []
         for case, folder in (("22.05 kHz WAV", "wavs"), ("44.1 kHz WAV -> 22.05 kHz", "wavs44")):
@@ -145,21 +181,11 @@ def shard_tables(args: argparse.Namespace) -> list[str]:
                     best = summary if best is None or summary.seconds < best.seconds else best
                 assert best is not None
                 pack_rows.append((case, workers, best.clips / best.seconds, best.hours * 60.0 / best.seconds, best))
-        packed = Path(tmp) / "packed-wavs-1"
-        dataset = AudioDataset(paths, FEATURES, segment_size=args.segment_size)
-
         def file_loader() -> float:
-            sampler = ResumableSampler(dataset, seed=0, drop_last=True)
-            loader = ResumableDataLoader(dataset, sampler=sampler, batch_size=args.batch_size, drop_last=True,
-                                         collate_fn=AudioCollate(), num_workers=args.workers)
-            return drain(loader, args.batches, args.batch_size)
+            return drain(make_loader("file", Path(tmp), args), args.batches, args.batch_size)
 
         def shard_loader() -> float:
-            dm = ShardDataModule(FEATURES, train_shards=str(packed), segment_size=args.segment_size,
-                                 batch_size=args.batch_size, num_workers=args.workers, seed=0, drop_last=True,
-                                 cache_dir=str(Path(tmp) / "cache"))
-            dm.setup("fit")
-            return drain(dm.train_dataloader(), args.batches, args.batch_size)
+            return drain(make_loader("shard", Path(tmp), args), args.batches, args.batch_size)
 
         results: dict[str, list[float]] = {"file": [], "shard": []}
         for _ in range(args.repeats):
@@ -167,15 +193,16 @@ def shard_tables(args: argparse.Namespace) -> list[str]:
             results["shard"].append(shard_loader())
         file_rate, shard_rate = (statistics.median(results[k]) for k in ("file", "shard"))
         shards = pack_rows[0][4].shards
+        opened = {kind: files_opened_per_epoch(kind, Path(tmp), args) for kind in ("file", "shard")}
         lines += [
             f"Training loaders, same {count} clips of 2-6 s (22.05 kHz 16-bit WAV), batch {args.batch_size}, segment "
             f"{args.segment_size}, num_workers={args.workers}, local disk, median of {args.repeats} runs of "
             f"{args.batches} batches:\n",
             "| loader | segments/s | vs file loader | files opened per epoch |",
             "|---|---:|---:|---:|",
-            f"| data=filelist (AudioDataset, seek + crop) | {file_rate:,.0f} | 1.0x | {len(dataset)} (one per crop) |",
+            f"| data=filelist (AudioDataset, seek + crop) | {file_rate:,.0f} | 1.0x | {opened['file']} |",
             f"| data=shards (litdata, {shards} chunks of pcm16) | {shard_rate:,.0f} | {shard_rate / file_rate:.2f}x | "
-            f"{shards + 1} (each chunk once, index.json) |",
+            f"{opened['shard']} |",
             "",
             f"Pack throughput (python -m melvoc.data.pack, {count} clips, "
             f"{pack_rows[0][4].hours * 60:.1f} min of audio, to pcm16 at 22.05 kHz, best of {args.repeats}):\n",
@@ -199,8 +226,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-shards", action="store_true", help="skip the shard loader and pack tables")
+    parser.add_argument("--one-epoch", choices=("file", "shard"), help=argparse.SUPPRESS)  # the strace child
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)  # one thread per process: the workers are the parallelism
+    if args.one_epoch:
+        loader = make_loader(args.one_epoch, args.data, args)
+        # Marks, in the strace log, where set-up ends and the epoch begins.
+        open(args.data / f"epoch-start-{args.one_epoch}", "w").close()
+        for _ in loader:
+            pass
+        return
 
     mel = MelSpectrogram(FEATURES)
     rows = []
