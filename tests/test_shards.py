@@ -190,6 +190,40 @@ def test_corrupt_chunk_names_shard_and_item_or_is_skipped_and_counted(tmp_path, 
     assert dm.val_dataset.stream.skipped == 1 and "chunk-0-2.bin" in caplog.text
 
 
+def test_a_training_crop_verifies_the_blocks_it_decodes(tmp_path):
+    """Per-block checksums: a crop checks only the bytes it decodes (corruption there is an error naming
+    shard and item); corruption elsewhere in the clip is left to the reads that decode it."""
+    from melvoc.data.dataset import draw_below
+    from melvoc.data.shards import CHECKSUM_BLOCK, ShardClipSettings, block_checksums
+
+    seg = 4096
+    audio = (0.3 * np.random.default_rng(1).standard_normal(4 * SR)).astype(np.float32)
+    data = bytearray(encode_audio(audio, "pcm16", SR))
+    raw = {"audio": np.frombuffer(bytes(data), dtype=np.uint8), "crc": block_checksums(bytes(data)),
+           "meta": json.dumps({"name": "c", "origin": "c.wav"}), "sampling_rate": SR, "length": len(audio)}
+    assert len(raw["crc"]) == -(-len(data) // CHECKSUM_BLOCK) > 4
+    crop = ShardClipSettings(encoding="pcm16", hop_size=256, shortest=1024, segment_size=seg)
+    whole = ShardClipSettings(encoding="pcm16", hop_size=256, shortest=1024)
+    start = draw_below(len(audio) - seg + 1, np.random.default_rng(7))
+    inside, outside = 2 * start + 10, (2 * (start + seg) // CHECKSUM_BLOCK + 1) * CHECKSUM_BLOCK + 5
+    if outside >= len(data):  # the crop ends in the last block: corrupt one before it instead
+        outside = (2 * start // CHECKSUM_BLOCK - 1) * CHECKSUM_BLOCK + 5
+    assert 0 <= outside < len(data)
+
+    def corrupted(at: int) -> dict:
+        bad = bytearray(data)
+        bad[at] ^= 0xFF
+        return {**raw, "audio": np.frombuffer(bytes(bad), dtype=np.uint8)}
+
+    item = crop.make_item(raw, np.random.default_rng(7), "set/chunk-0-0.bin, item 3")
+    np.testing.assert_array_equal(item["audio"].numpy(), decode_audio(bytes(data), "pcm16", start, seg))
+    with pytest.raises(AudioDataError, match=r"chunk-0-0\.bin, item 3 \(clip 'c' from c\.wav\): corrupt"):
+        crop.make_item(corrupted(inside), np.random.default_rng(7), "set/chunk-0-0.bin, item 3")
+    crop.make_item(corrupted(outside), np.random.default_rng(7), "set/chunk-0-0.bin, item 3")
+    with pytest.raises(AudioDataError, match="corrupt"):
+        whole.make_item(corrupted(outside), None, "set/chunk-0-0.bin, item 3")
+
+
 # ------------------------------------------------------------------------------------ exact resume
 def _names_and_audio(batches):
     return [(b["names"], b["audio"]) for b in batches]

@@ -23,7 +23,6 @@ import re
 import sys
 import tempfile
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from tqdm import tqdm
 
 from melvoc.data.io import AudioDataError, audio_info, problem_listing, read_audio
 from melvoc.data.sources import AudioEntry, OnError, check_on_error, read_source, report_missing
-from melvoc.data.shards import ENCODINGS, FORMAT, INDEX, MANIFEST, VERSION, encode_audio
+from melvoc.data.shards import ENCODINGS, FORMAT, INDEX, MANIFEST, VERSION, block_checksums, encode_audio
 from melvoc.data.storage import StorageError, Store
 
 __all__ = ["PackError", "PackSummary", "PackedClip", "main", "pack", "pack_clip", "parse_bytes"]
@@ -71,7 +70,7 @@ class PackedClip:
     def item(self, sampling_rate: int) -> dict[str, Any]:
         # Arrays and one JSON string: litdata would take raw bytes or a str that names an existing
         # .wav file for media and decode them with torchcodec.
-        return {"audio": np.frombuffer(self.data, dtype=np.uint8), "crc": zlib.crc32(self.data),
+        return {"audio": np.frombuffer(self.data, dtype=np.uint8), "crc": block_checksums(self.data),
                 "meta": json.dumps({"name": self.name, "origin": self.origin}), "sampling_rate": sampling_rate,
                 "length": self.length}
 

@@ -3,8 +3,10 @@
 ``python -m melvoc.data.pack`` (:mod:`melvoc.data.pack`) writes a set: litdata chunks
 (``chunk-*.bin``), litdata's ``index.json``, and last ``melvoc.json`` (the manifest: rate, encoding,
 counts); a set without the manifest was not finished and is refused. Each item is one clip:
-``{"audio": uint8 array, "crc": int, "meta": '{"name": ..., "origin": ...}', "sampling_rate": int,
-"length": int}``, the audio bytes lossless 16/24-bit PCM or FLAC (:func:`encode_audio`).
+``{"audio": uint8 array, "crc": uint32 array, "meta": '{"name": ..., "origin": ...}', "sampling_rate": int,
+"length": int}``, the audio bytes lossless 16/24-bit PCM or FLAC (:func:`encode_audio`), with one CRC-32
+per :data:`CHECKSUM_BLOCK` bytes (:func:`block_checksums`): a training crop verifies only the blocks it
+decodes, so nothing is read unverified and a crop does not pay for checking the whole clip.
 
 litdata streams the chunks (``StreamingDataset``, ``StreamingDataLoader``): it splits them across
 ranks and workers, gives every rank the same number of items, caches remote chunks on local disk
@@ -60,6 +62,7 @@ __all__ = [
     "ShardDataModule",
     "ShardLoader",
     "ShardStream",
+    "block_checksums",
     "decode_audio",
     "encode_audio",
     "open_shards",
@@ -76,6 +79,15 @@ MANIFEST = "melvoc.json"
 INDEX = "index.json"
 #: Lossless storage of the resampled clip: raw little-endian PCM or FLAC, 16 or 24 bits.
 ENCODINGS = ("pcm16", "pcm24", "flac16", "flac24")
+#: Bytes per checksummed block of a clip's stored audio (a 0.37 s block of 22.05 kHz pcm16).
+CHECKSUM_BLOCK = 16384
+
+
+def block_checksums(data: bytes | memoryview | np.ndarray) -> np.ndarray:
+    """CRC-32 of each :data:`CHECKSUM_BLOCK` bytes of ``data`` (the last block may be shorter): ``(blocks,)`` uint32."""
+    raw = memoryview(data).cast("B")
+    return np.array([zlib.crc32(raw[i : i + CHECKSUM_BLOCK]) for i in range(0, len(raw), CHECKSUM_BLOCK)],
+                    dtype=np.uint32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,8 +224,10 @@ class ShardClipSettings:
     max_samples: Optional[int] = None
     split: str = "train"
 
-    def make_item(self, raw: Mapping[str, Any], rng: Optional[np.random.Generator], where: str) -> Optional[dict[str, Any]]:
+    def make_item(self, raw: Mapping[str, Any], rng: Optional[np.random.Generator], where: object) -> Optional[dict[str, Any]]:
         """``{"audio": (T,) float32, "length": int, "name": str}``, or ``None`` for a dropped short clip.
+
+        ``where`` (anything with a ``str``) names the shard and item in error messages.
 
         Raises:
             AudioDataError: a corrupt item (checksum or length mismatch), or a short clip under
@@ -226,27 +240,43 @@ class ShardClipSettings:
         except Exception as exc:
             raise AudioDataError(f"{where}: corrupt, unreadable name and origin ({exc}); re-pack the set "
                                  "(or set data.on_error=skip to leave such items out)") from exc
-        if zlib.crc32(data) != int(raw["crc"]):
-            raise AudioDataError(f"{where} (clip {name!r} from {origin}): corrupt, its checksum does not "
-                                 "match; re-pack the set (or set data.on_error=skip to leave such items out)")
+        checksums = np.asarray(raw["crc"], dtype=np.uint32).reshape(-1)
+
+        def verify(first: int, stop: int) -> None:
+            """Check the blocks that hold bytes ``[first, stop)`` of the stored audio."""
+            blocks = range(first // CHECKSUM_BLOCK, -(-stop // CHECKSUM_BLOCK))
+            if len(checksums) != -(-len(data) // CHECKSUM_BLOCK) or any(
+                    zlib.crc32(data[b * CHECKSUM_BLOCK : (b + 1) * CHECKSUM_BLOCK]) != checksums[b] for b in blocks):
+                raise AudioDataError(f"{where} (clip {name!r} from {origin}): corrupt, its checksum does not "
+                                     "match; re-pack the set (or set data.on_error=skip to leave such items out)")
+
         length = int(raw["length"])
+        hop, seg = self.hop_size, self.segment_size
+        by_file = self.peak_normalize is not None and self.peak_normalize_scope == "file"
+        # A PCM training crop decodes, and so verifies, only its own span; anything else the whole clip.
+        crop_only = seg is not None and not by_file and self.encoding.startswith("pcm")
+        if not crop_only:
+            verify(0, len(data))
         stored = stored_length(data, self.encoding)
         if stored != length:
             raise AudioDataError(f"{where} (clip {name!r}): {stored} samples stored, {length} listed; "
                                  "re-pack the set (or set data.on_error=skip)")
-        by_file = self.peak_normalize is not None and self.peak_normalize_scope == "file"
-        # The whole clip is decoded only when its peak is needed; a crop decodes its own span.
-        clip = decode_audio(data, self.encoding) if by_file or self.segment_size is None else None
-        hop, seg = self.hop_size, self.segment_size
+        clip = None if crop_only else decode_audio(data, self.encoding)
         if seg is not None:
             if length >= seg:
                 start = draw_below(length - seg + 1, rng)
-                audio = clip[start : start + seg].copy() if clip is not None else decode_audio(data, self.encoding,
-                                                                                               start, seg)
+                if clip is not None:
+                    audio = clip[start : start + seg].copy()
+                else:
+                    width = _bits(self.encoding) // 8
+                    verify(start * width, (start + seg) * width)
+                    audio = decode_audio(data, self.encoding, start, seg)
                 valid = seg
             else:
                 if self.short_clips != "pad":
                     return self._short(name, where, length, seg)
+                if clip is None:
+                    verify(0, len(data))
                 audio, valid = np.zeros(seg, dtype=np.float32), length
                 audio[:length] = clip if clip is not None else decode_audio(data, self.encoding)
         else:
@@ -266,6 +296,16 @@ class ShardClipSettings:
             raise AudioDataError(f"{where} (clip {name!r}): {length} samples, shorter than {shortest}; set "
                                  "data.short_clips=pad or drop")
         return None
+
+
+class _Where:
+    """``"<uri>/<chunk>, item <i>"``, worked out only when an error message is written (not per item)."""
+
+    def __init__(self, stream: "ShardStream", index: Any) -> None:
+        self.stream, self.index = stream, index
+
+    def __str__(self) -> str:
+        return self.stream._where(self.index)
 
 
 class ShardStream(StreamingDataset):
@@ -302,7 +342,7 @@ class ShardStream(StreamingDataset):
             except Exception as exc:
                 raise AudioDataError(f"{self._where(index)}: unreadable ({type(exc).__name__}: {exc}); the chunk is "
                                      "damaged: re-pack the set (or set data.on_error=skip)") from exc
-            return self.settings.make_item(raw, rng, self._where(index))
+            return self.settings.make_item(raw, rng, _Where(self, index))
         except AudioDataError as exc:
             if self.settings.on_error == "raise":
                 raise
