@@ -170,21 +170,23 @@ def test_ddp_on_an_odd_number_of_shards_killed_and_resumed_end_bit_identical(tmp
 
 
 @pytest.mark.slow
-def test_sigterm_writes_a_checkpoint_at_the_current_step_and_says_how_to_resume(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_writes_a_checkpoint_at_the_current_step_and_says_how_to_resume(tmp_path, signum):
+    """A scheduler's preemption notice (SIGTERM) or Ctrl-C (SIGINT): a checkpoint at the current step, then exit."""
     run(tmp_path, "whole")
     log = tmp_path / "stopped.out"
     with open(log, "w") as stdout:  # a file, not a pipe: nobody reads a pipe until the run ends
         proc = subprocess.Popen(command(tmp_path, "stopped"), cwd=tmp_path, env=env(), stdout=stdout,
                                 stderr=subprocess.DEVNULL)
         wait_for(tmp_path, "stopped", "step_0000005.ckpt", proc)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         proc.wait(timeout=600)
     out = log.read_text()
-    assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
+    assert proc.returncode == 128 + signum, out[-2000:]
     last = checkpoint(tmp_path, "stopped", LAST_CKPT)
     step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
     assert 5 <= step < 20
-    assert f"stopped by SIGTERM (checkpoint written at step {step})" in out
+    assert f"stopped by {signal.Signals(signum).name} (checkpoint written at step {step})" in out
     assert f"resume with    python train.py ckpt_path={last}" in out
     run(tmp_path, "resumed", f"ckpt_path={last}")
     assert_same_tensors(checkpoint(tmp_path, "whole", LAST_CKPT), checkpoint(tmp_path, "resumed", LAST_CKPT))
