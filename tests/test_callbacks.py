@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset
 
 from melvoc.training.callbacks import MediaCallback, MelL1, MelLossCallback, MelMetricCallback
+from melvoc.training.callbacks.process_group import ReleaseProcessGroup, release_process_group
 from melvoc.features import MelConfig, mel_spectrogram
 from melvoc.models.mel_loss import MelLoss
 
@@ -365,7 +366,7 @@ def test_repeated_last_clip_finds_the_distributed_sampler_repeat():
 
 
 def _ddp_value(tmp_path: Path, devices: int, strategy: str) -> float:
-    trainer = _trainer(tmp_path, _split(num_media=2), strategy=strategy, devices=devices)
+    trainer = _trainer(tmp_path, [*_split(num_media=2), ReleaseProcessGroup()], strategy=strategy, devices=devices)
     results = trainer.validate(Vocoder("perturb"), _loader(2), verbose=False)
     return results[0]["val/mel_l1"]
 
@@ -380,3 +381,44 @@ def test_two_ddp_processes_equal_one(tmp_path):
     # Media come from rank 0 only: its clips 0, 2 (of 0, 2, 4).
     names = sorted(p.name for p in (tmp_path / "two" / "media" / "epoch=000").glob("*.png"))
     assert names == ["00_spk_clip_0.wav_mel.png", "01_spk_clip_2.wav_mel.png"]
+
+
+# ------------------------------------------------------------------ process group at the end of a run
+def test_release_process_group_destroys_an_initialized_group(tmp_path):
+    assert release_process_group() is False  # nothing to destroy
+    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        assert release_process_group() is True
+        assert not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+class _GroupProbe(pl.Callback):
+    """Writes, per rank, whether the process group is still up when the call tears down."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def teardown(self, trainer, pl_module, stage) -> None:
+        alive = torch.distributed.is_initialized()
+        (Path(self.folder) / f"rank{trainer.global_rank}").write_text(str(alive))
+
+
+@pytest.mark.slow
+def test_spawned_processes_destroy_their_process_group(tmp_path):
+    # Without it a spawned rank could abort at exit (SIGABRT, "terminate called without an active exception").
+    trainer = _trainer(tmp_path, [ReleaseProcessGroup(), _GroupProbe(str(tmp_path))], strategy="ddp_spawn", devices=2)
+    trainer.validate(Vocoder("perturb"), _loader(2), verbose=False)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["False", "False"]
+    # In a process that goes on (no multiprocessing launcher), the callback leaves things alone.
+    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        local = _trainer(tmp_path / "local", [ReleaseProcessGroup(), _GroupProbe(str(tmp_path))])
+        local.validate(Vocoder("perturb"), _loader(2), verbose=False)
+        assert (tmp_path / "rank0").read_text() == "True"
+    finally:
+        release_process_group()

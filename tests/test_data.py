@@ -180,7 +180,7 @@ def test_short_clips_pad_drop_or_error(tmp_path, caplog):
 
 
 def test_bad_files_are_reported_together_or_skipped_with_names(tmp_path, caplog):
-    good = write(tmp_path / "good.wav", ramp(SR))
+    write(tmp_path / "good.wav", ramp(SR))
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
     garbage = tmp_path / "garbage.wav"

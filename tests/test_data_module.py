@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from melvoc.data import AudioDataError, SyntheticSpec, VocoderDataModule, make_synthetic_dataset
 from melvoc.data.check import main as check_main
 from melvoc.features import MelConfig, MelSpectrogram
+from melvoc.training.callbacks.process_group import ReleaseProcessGroup
 
 SR = 22050
 
@@ -212,7 +213,7 @@ def test_ddp_ranks_see_different_training_items_and_cover_validation_once(tmp_pa
                            val_batch_size=2, segment_size=4096)
     out = tmp_path / "records"
     out.mkdir()
-    trainer = _trainer(devices=2, strategy="ddp_spawn")
+    trainer = _trainer(devices=2, strategy="ddp_spawn", callbacks=[ReleaseProcessGroup()])
     trainer.fit(Recorder(str(out)), datamodule=dm)
     records = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     train0, train1 = (set(r["train"]) for r in records)

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 
+from melvoc.training.callbacks.process_group import ReleaseProcessGroup
 from melvoc.training.callbacks.quality import QualityMetricsCallback
 from melvoc.data.synthetic import synthesize_clip
 from melvoc.metrics import score
@@ -77,12 +78,12 @@ class Vocoder(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-def _trainer(tmp_path: Path, callback: QualityMetricsCallback, **kwargs) -> pl.Trainer:
+def _trainer(tmp_path: Path, callback: QualityMetricsCallback | list[pl.Callback], **kwargs) -> pl.Trainer:
     kwargs.setdefault("devices", 1)
     kwargs.setdefault("logger", False)
     return pl.Trainer(
         accelerator="cpu",
-        callbacks=[callback],
+        callbacks=callback if isinstance(callback, list) else [callback],
         default_root_dir=tmp_path,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -188,7 +189,7 @@ def test_hydra_node_takes_the_features_rate(compose_cfg):
 
 def _ddp(tmp_path: Path, devices: int, strategy: str) -> dict[str, float]:
     callback = QualityMetricsCallback(SR, clips=None)
-    trainer = _trainer(tmp_path, callback, devices=devices, strategy=strategy)
+    trainer = _trainer(tmp_path, [callback, ReleaseProcessGroup()], devices=devices, strategy=strategy)
     return trainer.validate(Vocoder(), _loader(2), verbose=False)[0]
 
 

@@ -64,7 +64,7 @@ def test_batches_keep_each_file_and_its_length(run, tmp_path):
         np.save(mels / f"{name}.npy", full[:, :frames].numpy())
     batched = synthesize(run.checkpoint, [mels], tmp_path / "batched", batch_size=3, device="cpu", progress=False)
     single = synthesize(run.checkpoint, [mels], tmp_path / "single", batch_size=1, device="cpu", progress=False)
-    assert [p.name for p in batched] == ["a.wav", "b.wav", "c.wav"]
+    assert [p.name for p in batched] == [p.name for p in single] == ["a.wav", "b.wav", "c.wav"]
     hop = run.features.hop_size
     for name, frames in lengths.items():
         info = sf.info(str(tmp_path / "batched" / f"{name}.wav"))

@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from melvoc.training.checks import LAST_CKPT, instantiate_group, resolve_ckpt_path, validate_config
 from melvoc.training.callbacks.interrupt import StopOnSignal
+from melvoc.training.callbacks.process_group import ReleaseProcessGroup, release_process_group
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def train(cfg: DictConfig) -> TrainingResult:
     tracker = _ValidationTracker()
     stopper = StopOnSignal()
     loggers = instantiate_group(cfg.get("logger"), "logger", Logger)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, tracker, stopper], logger=loggers or False)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, tracker, stopper, ReleaseProcessGroup()], logger=loggers or False)
 
     if loggers and not trainer.fast_dev_run:
         hparams = OmegaConf.to_container(cfg, resolve=True)
@@ -161,7 +162,7 @@ def train(cfg: DictConfig) -> TrainingResult:
 
     last_ckpt = _save_final_last_checkpoint(trainer) if finished else stopper.checkpoint
     best_cb = _best_checkpoint_callback(trainer)
-    return TrainingResult(
+    result = TrainingResult(
         run_dir=run_dir,
         global_step=trainer.global_step,
         epoch=trainer.current_epoch,
@@ -181,6 +182,9 @@ def train(cfg: DictConfig) -> TrainingResult:
         stopped_by=stopper.signal_name,
         stop_signal=stopper.signum,
     )
+    # The job is over in this process (with trainer=ddp, every rank ends here): no more collectives.
+    release_process_group()
+    return result
 
 
 def _save_final_last_checkpoint(trainer: L.Trainer) -> Path | None:
