@@ -136,7 +136,8 @@ def train(cfg: DictConfig) -> TrainingResult:
     tracker = _ValidationTracker()
     stopper = StopOnSignal()
     loggers = instantiate_group(cfg.get("logger"), "logger", Logger)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, tracker, stopper, ReleaseProcessGroup()], logger=loggers or False)
+    own = [tracker, stopper, ReleaseProcessGroup()]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, *own], logger=loggers or False)
 
     if loggers and not trainer.fast_dev_run:
         hparams = OmegaConf.to_container(cfg, resolve=True)
