@@ -17,14 +17,14 @@ value is an error at start-up.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator, Mapping, Sized
 from typing import Any
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-__all__ = ["ItemKey", "ResumableDataLoader", "ResumableSampler", "ResumeMismatchError", "item_rng", "loader_kwargs",
+__all__ = ["ItemKey", "ResumableDataLoader", "ResumableSampler", "ResumeMismatchError", "check_resume_settings", "item_rng", "loader_kwargs",
            "quiet_worker"]
 
 #: What the sampler hands the dataset: ``(index, (seed, epoch, position))``.
@@ -33,6 +33,15 @@ ItemKey = tuple[int, tuple[int, int, int]]
 
 class ResumeMismatchError(ValueError):
     """A checkpoint's loader state that this run cannot continue exactly (other world size, batch, data)."""
+
+
+def check_resume_settings(what: str, saved: Mapping[str, Any], current: Mapping[str, Any], fix: str) -> None:
+    """Raise :class:`ResumeMismatchError` naming every setting of ``current`` that differs from the
+    checkpoint's ``saved`` one (``what`` cannot resume exactly; ``fix`` says what to resume with)."""
+    wrong = [f"{key} {saved.get(key)!r} in the checkpoint, {value!r} now"
+             for key, value in current.items() if saved.get(key) != value]
+    if wrong:
+        raise ResumeMismatchError(f"cannot resume {what} exactly: " + "; ".join(wrong) + f". Resume with {fix}")
 
 
 def item_rng(key: tuple[int, ...]) -> np.random.Generator:
@@ -150,14 +159,11 @@ class ResumableDataLoader(DataLoader):
         if self.adopt_seed:
             sampler.seed = int(state["seed"])
         current = self._settings()
-        wrong = [f"{key} {state.get(key)!r} in the checkpoint, {value!r} now"
-                 for key, value in current.items() if state.get(key) != value]
-        if wrong:
-            raise ResumeMismatchError(
-                "cannot resume the training data exactly: " + "; ".join(wrong) + ". Resume with the "
-                "checkpoint's trainer.devices x trainer.num_nodes, data.batch_size, data.drop_last, seed "
-                "and training files (data.num_workers may change)"
-            )
+        check_resume_settings(
+            "the training data", state, current,
+            "the checkpoint's trainer.devices x trainer.num_nodes, data.batch_size, data.drop_last, seed "
+            "and training files (data.num_workers may change)",
+        )
         epoch, batches = int(state["epoch"]), int(state["batches"])
         sampler.set_epoch(epoch)
         sampler.skip_next(epoch, min(batches * self.batch_size, sampler.num_samples))  # type: ignore[operator]

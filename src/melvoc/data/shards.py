@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 from melvoc.data.dataset import ShortClips, draw_below, scale_audio
 from melvoc.data.datamodule import MelDataModule
 from melvoc.data.io import AudioDataError
-from melvoc.data.resumable import ResumeMismatchError, item_rng, loader_kwargs
+from melvoc.data.resumable import check_resume_settings, item_rng, loader_kwargs
 from melvoc.data.sources import OnError
 from melvoc.data.storage import StorageError, Store
 from melvoc.features import MelConfig, min_audio_length
@@ -401,14 +401,11 @@ class ShardLoader(StreamingDataLoader):
         }
         if dataset.input_dir.url is None:
             current["input_dir_path"] = dataset.input_dir.path
-        wrong = [f"{key} {saved.get(key)!r} in the checkpoint, {value!r} now"
-                 for key, value in current.items() if saved.get(key) != value]
-        if wrong:
-            raise ResumeMismatchError(
-                "cannot resume the shard stream exactly: " + "; ".join(wrong) + ". Resume with the checkpoint's "
-                "trainer.devices x trainer.num_nodes, data.num_workers (0 counts as 1), data.batch_size, seed and "
-                "data.train_shards"
-            )
+        check_resume_settings(
+            "the shard stream", saved, current,
+            "the checkpoint's trainer.devices x trainer.num_nodes, data.num_workers (0 counts as 1), "
+            "data.batch_size, seed and data.train_shards",
+        )
         super().load_state_dict(obj)
 
 
