@@ -12,7 +12,11 @@ Contenders, each built on the BigVGAN v2 24 kHz 100-band 256x layout (NVIDIA/Big
   (``use_cuda_kernel=False``); skipped, with a note, where the package is not installed
   (``pip install --no-deps bigvgan huggingface_hub``; it is no dependency of melvoc);
 * ``melvoc reference``: ``BigVGANGenerator(fast_activation=False)``;
-* ``melvoc fast``: ``BigVGANGenerator(fast_activation=True)``, the default.
+* ``melvoc fast``: ``BigVGANGenerator(fast_activation=True)``, the default;
+* ``official CUDA kernel`` (``--device cuda`` only): the official model with ``use_cuda_kernel=True``,
+  NVIDIA's fused activation kernel, which the package compiles with nvcc on first use (CUDA toolkit
+  and ninja needed); forward only, since the kernel has no backward. Where it does not build, the
+  script prints why and times the rest.
 
 The weights are the official model's, random (seed 0), saved in its checkpoint format and read by
 ``melvoc.peers.bigvgan``; without the package, melvoc's own random weights. Cases:
@@ -70,7 +74,7 @@ GENERATOR = {
 #: ... and the feature fields melvoc.peers.bigvgan reads with them.
 FEATURES = {"n_fft": 1024, "hop_size": 256, "win_size": 1024, "sampling_rate": 24000, "fmin": 0, "fmax": None,
             "fmax_for_loss": None}
-FAST, REFERENCE, OFFICIAL = "melvoc fast", "melvoc reference", "official"
+FAST, REFERENCE, OFFICIAL, OFFICIAL_CUDA = "melvoc fast", "melvoc reference", "official", "official CUDA kernel"
 #: Acceptance bars of issue 23 (fast over official).
 BARS = {"forward": 1.5, "forward+backward": 1.3}
 
@@ -103,8 +107,27 @@ def official_package():
     return official
 
 
-def generators(width: int, official, workdir: Path) -> dict[str, nn.Module]:
-    """The contenders at ``width`` with the same weights (weight norm on, train mode)."""
+def cuda_kernel_model(official, config: dict, state: dict) -> Optional[nn.Module]:
+    """The official model on NVIDIA's fused CUDA activation (built by the package on first use), loaded with
+    ``state``; ``None``, with the reason printed, where it does not build."""
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    if CUDA_HOME is None:
+        print("note: the official CUDA kernel needs the CUDA toolkit (nvcc; none found: set CUDA_HOME); timing without it")
+        return None
+    try:
+        model = official.BigVGAN(official.AttrDict(config), use_cuda_kernel=True)
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:  # the build runs nvcc and ninja: any of their failures means "does not build here"
+        print(f"note: the official CUDA kernel did not build or load ({type(exc).__name__}: {exc}); "
+              "timing without it")
+        return None
+    return model
+
+
+def generators(width: int, official, workdir: Path, device: str = "cpu") -> dict[str, nn.Module]:
+    """The contenders at ``width`` with the same weights (weight norm on, train mode); on CUDA also the
+    official model on its fused kernel, where that builds."""
     config = {**GENERATOR, **FEATURES, "upsample_initial_channel": width}
     torch.manual_seed(0)
     out: dict[str, nn.Module] = {}
@@ -117,6 +140,10 @@ def generators(width: int, official, workdir: Path) -> dict[str, nn.Module]:
         checkpoint = bigvgan_peer.read(folder)
         node, state = checkpoint.generator, checkpoint.generator_state
         out[OFFICIAL] = model
+        if device.startswith("cuda"):
+            kernel = cuda_kernel_model(official, config, model.state_dict())
+            if kernel is not None:
+                out[OFFICIAL_CUDA] = kernel
     else:
         node = {"_target_": bigvgan_peer.GENERATOR_TARGET, **GENERATOR, "upsample_initial_channel": width}
         state = instantiate({**node, "fast_activation": False}).state_dict()
@@ -171,7 +198,9 @@ def forward_cases(width: int, models: dict[str, nn.Module], args: argparse.Names
         return call
 
     backward = Case("forward+backward", width, f"{seg_frames * 256} samples")
-    interleave(backward, {who: train_call(m.train()) for who, m in models.items()}, args)
+    # NVIDIA's fused kernel has no backward: forward only.
+    trainable = {who: m for who, m in models.items() if who != OFFICIAL_CUDA}
+    interleave(backward, {who: train_call(m.train()) for who, m in trainable.items()}, args)
 
     folded = {who: fold(m) for who, m in models.items()}
     forward = Case("forward", width, f"{frames * 256 / 24000:.2f} s of audio")
@@ -246,18 +275,21 @@ def _x(ratio: float) -> str:
 
 
 def table(cases: list[Case]) -> str:
-    lines = [
-        "| case | width | input | official ms | melvoc reference ms | melvoc fast ms | fast vs official "
-        "| fast vs reference | bar |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---|",
-    ]
+    """The markdown table; the official CUDA kernel's two columns only where it was timed."""
+    kernel = any(OFFICIAL_CUDA in c.times for c in cases)
+    head = "| case | width | input | official ms | melvoc reference ms | melvoc fast ms | fast vs official "
+    rule = "|---|---:|---|---:|---:|---:|---:|"
+    if kernel:
+        head += "| official CUDA kernel ms | fast vs CUDA kernel "
+        rule += "---:|---:|"
+    lines = [head + "| fast vs reference | bar |", rule + "---:|---|"]
     for c in cases:
         bar = BARS.get(c.name)
-        lines.append(
-            f"| {c.name} | {c.width} | {c.detail} | {_ms(c.median(OFFICIAL))} | {_ms(c.median(REFERENCE))} | "
-            f"{_ms(c.median(FAST))} | {_x(c.ratio(OFFICIAL, FAST))} | {_x(c.ratio(REFERENCE, FAST))} | "
-            f"{'>= ' + _x(bar) + ' vs official' if bar else ''} |"
-        )
+        row = (f"| {c.name} | {c.width} | {c.detail} | {_ms(c.median(OFFICIAL))} | {_ms(c.median(REFERENCE))} | "
+               f"{_ms(c.median(FAST))} | {_x(c.ratio(OFFICIAL, FAST))} | ")
+        if kernel:
+            row += f"{_ms(c.median(OFFICIAL_CUDA))} | {_x(c.ratio(OFFICIAL_CUDA, FAST))} | "
+        lines.append(row + f"{_x(c.ratio(REFERENCE, FAST))} | {'>= ' + _x(bar) + ' vs official' if bar else ''} |")
     return "\n".join(lines)
 
 
@@ -265,7 +297,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[256, 1536], help="upsample_initial_channel values")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (the official CUDA kernel is not timed)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda adds the official CUDA kernel, where it builds)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds of forward and forward+backward")
     parser.add_argument("--seconds", type=float, default=1.0, help="audio per forward call")
     parser.add_argument("--segment", type=int, default=8192, help="samples of forward+backward and training steps")
@@ -290,7 +322,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     load = MachineLoad()
     with tempfile.TemporaryDirectory() as tmp:
         for width in args.widths:
-            found, note = forward_cases(width, generators(width, official, Path(tmp)), args)
+            found, note = forward_cases(width, generators(width, official, Path(tmp), args.device), args)
             cases.extend(found)
             notes.append(note)
             print(f"done: width {width}", file=sys.stderr, flush=True)

@@ -4,6 +4,7 @@ hand-written backward against finite differences, bf16, the switch, published we
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 import subprocess
@@ -378,3 +379,27 @@ def test_generator_step_gradients_with_the_recipes_losses_are_the_references():
             torch.autograd.grad(loss_g, list(model.generator.parameters())),
         ))
     assert_same(grads["fast"], grads["reference"], 1e-9)
+
+
+def test_benchmark_table_has_the_cuda_kernel_columns_only_where_timed(monkeypatch):
+    """The official CUDA kernel (``--device cuda``, where it builds) adds two columns; it has no backward,
+    so its forward+backward cells stay empty; on the CPU the table keeps its usual columns."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    bench = importlib.import_module("bench_bigvgan")
+
+    def case(name: str, times: dict[str, float]) -> "bench.Case":
+        c = bench.Case(name, 1536, "input")
+        c.times = {who: [t] for who, t in times.items()}
+        c.rounds = [dict(times)]
+        return c
+
+    timed = {bench.OFFICIAL: 0.3, bench.REFERENCE: 0.3, bench.FAST: 0.1}
+    cpu = bench.table([case("forward", timed)]).splitlines()
+    assert "CUDA" not in cpu[0] and cpu[2].count("|") == cpu[0].count("|")
+    gpu = bench.table([case("forward", {**timed, bench.OFFICIAL_CUDA: 0.2}), case("forward+backward", timed)])
+    head, _, forward, backward = gpu.splitlines()
+    columns = [cell.strip() for cell in head.split("|")]
+    assert columns[7:10] == ["fast vs official", "official CUDA kernel ms", "fast vs CUDA kernel"]
+    assert [cell.strip() for cell in forward.split("|")][8:10] == ["200", "2.00x"]
+    assert [cell.strip() for cell in backward.split("|")][8:10] == ["-", "-"]
+    assert len({row.count("|") for row in gpu.splitlines()}) == 1
