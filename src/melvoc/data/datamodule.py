@@ -27,8 +27,8 @@ from melvoc.data.sources import (
     split_entries,
 )
 from melvoc.data.synthetic import SyntheticSpec, make_synthetic_dataset
-from melvoc.features import MelConfig, MelSpectrogram
-from melvoc.features.padded import pad_like_unpadded
+from melvoc.features import MelConfig
+from melvoc.features.padded import PaddedMelSpectrogram
 
 __all__ = ["MelDataModule", "VocoderDataModule", "auto_num_workers", "auto_val_count"]
 
@@ -116,8 +116,7 @@ class MelDataModule(L.LightningDataModule):
         self.train_dataset: Any = None
         self.val_dataset: Any = None
         self.test_dataset: Any = None
-        self._mel: Optional[MelSpectrogram] = None
-        self._framed_mel: Optional[MelSpectrogram] = None
+        self._mels: Optional[PaddedMelSpectrogram] = None
         #: What was chosen for the user (validation source, loader workers), for the run summary.
         self.summary: dict[str, str] = {}
 
@@ -219,25 +218,22 @@ class MelDataModule(L.LightningDataModule):
         lengths = batch.get("lengths")
         with torch.no_grad():
             if lengths is None or self.trainer is None or self.trainer.training:
-                batch["mel"] = self._mel_module(audio.device)(audio.float())[..., :frames]
+                batch["mel"] = self._mel_module(audio.device)(audio.float(), None)[0][..., :frames]
             else:
                 batch["mel"] = self._clip_mels(audio.float(), lengths, frames)
         return batch
 
-    def _mel_module(self, device: torch.device) -> MelSpectrogram:
-        if self._mel is None:
-            self._mel = MelSpectrogram(self.features)
-        self._mel = self._mel.to(device)
-        return self._mel
+    def _mel_module(self, device: torch.device) -> PaddedMelSpectrogram:
+        """The features' mel module (whole batches, and clips of a padded batch) on ``device``."""
+        if self._mels is None:
+            self._mels = PaddedMelSpectrogram(self.features)
+        self._mels = self._mels.to(device)
+        return self._mels
 
     def _clip_mels(self, audio: torch.Tensor, lengths: torch.Tensor, frames: int) -> torch.Tensor:
         """``(B, num_mels, frames)``: each clip's mel as if alone, silence after its ``lengths // hop`` frames."""
-        if self._framed_mel is None:
-            # Frames the signal pad_like_unpadded prepares (the STFT padding is already in it).
-            self._framed_mel = MelSpectrogram(self.features.replace(pad_mode="none", center=False))
-        self._framed_mel = self._framed_mel.to(audio.device)
         lengths = lengths.to(audio.device)
-        mel = self._framed_mel(pad_like_unpadded(audio, lengths, self.features))[..., :frames]
+        mel = self._mel_module(audio.device)(audio, lengths)[0][..., :frames]
         own_frames = torch.div(lengths, self.features.hop_size, rounding_mode="floor")
         own = torch.arange(frames, device=audio.device) < own_frames.unsqueeze(1)
         return mel.masked_fill(~own.unsqueeze(1), silence_log_mel(self.features))
