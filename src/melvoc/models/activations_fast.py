@@ -25,7 +25,8 @@ channel uses the same low-pass:
 Measured against the reference (``benchmarks/bench_bigvgan.py``, README "Benchmarks"): pays on the
 CPU. Tried and dropped, for no gain on the CPU: 8, 32 or 64 samples per row; two depthwise
 convolutions per resampler instead of the products; ``sin^2 = (1 - cos 2x) / 2`` with the scales moved
-into the products (kept for export only, below); ``torch.compile`` of the whole generator.
+into the products (kept for export only, below); ``torch.compile`` of the whole generator, or of
+Snake's arithmetic alone (one fused pass, but its OpenMP threads then slow torch's own kernels).
 
 Under tracing (ONNX export, ``torch.jit.trace``) :func:`_traceable` computes the same function as a
 graph without writes into slices. Everything is plain torch: it runs on any device, trains, exports,
