@@ -21,6 +21,9 @@ Without the final tanh, the output is clamped to ``[-1, 1]`` (v2).
 :class:`~melvoc.models.activations_fast.FastAntiAliasedActivation` (block matrix products, a
 hand-written backward) instead of the reference :class:`~melvoc.models.activations.AntiAliasedActivation`;
 same parameters, same state dict, the same function within float32 rounding (``tests/test_bigvgan_fast.py``).
+Once weight norm is folded for inference (:meth:`BigVGANGenerator.remove_weight_norm`), the same switch
+also runs the AMP blocks' and up-sampling convolutions as per-tap matrix products on tap-major weights
+(:mod:`melvoc.models.conv_fast`, ``tests/test_conv_fast.py``).
 
 Every convolution is weight-normalised (``torch.nn.utils.parametrizations.weight_norm``). The peers
 re-initialise their convolutions with N(0, 0.01) *after* applying weight norm, which only overwrites a
@@ -41,6 +44,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from melvoc.models.activations import AntiAliasedActivation, Snake, SnakeBeta
 from melvoc.models.activations_fast import FastAntiAliasedActivation
 from melvoc.models.base import VocoderGenerator, fold_weight_norm
+from melvoc.models.conv_fast import conv1d_taps, conv_transpose1d_taps, tap_major_
 from melvoc.models.hifigan import check_generator_layout, multi_receptive_field
 
 __all__ = ["AMPBlock1", "AMPBlock2", "BigVGANGenerator"]
@@ -93,8 +97,13 @@ class AMPBlock1(nn.Module):
         self.acts2 = nn.ModuleList(
             _activation(activation, channels, snake_logscale, fast_activation) for _ in dilations
         )
+        self.fast = bool(fast_activation)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fast:
+            for c1, c2, a1, a2 in zip(self.convs1, self.convs2, self.acts1, self.acts2):
+                x = conv1d_taps(a2(conv1d_taps(a1(x), c1)), c2, residual=x)
+            return x
         for c1, c2, a1, a2 in zip(self.convs1, self.convs2, self.acts1, self.acts2):
             x = x + c2(a2(c1(a1(x))))
         return x
@@ -120,8 +129,13 @@ class AMPBlock2(nn.Module):
         self.acts = nn.ModuleList(
             _activation(activation, channels, snake_logscale, fast_activation) for _ in dilations
         )
+        self.fast = bool(fast_activation)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fast:
+            for conv, act in zip(self.convs, self.acts):
+                x = conv1d_taps(act(x), conv, residual=x)
+            return x
         for conv, act in zip(self.convs, self.acts):
             x = x + conv(act(x))
         return x
@@ -143,7 +157,8 @@ class BigVGANGenerator(VocoderGenerator):
         use_tanh_at_final: ``tanh`` on the output (v1); otherwise a clamp to ``[-1, 1]`` (v2).
         use_bias_at_final: bias in ``conv_post`` (v1: yes, v2: no).
         fast_activation: compute the anti-aliased activations with :class:`FastAntiAliasedActivation`
-            (the default) or with the reference :class:`AntiAliasedActivation` (``false``). Not a field
+            (the default; folded for inference, also the convolutions of :mod:`melvoc.models.conv_fast`)
+            or with the reference :class:`AntiAliasedActivation` and torch's convolutions (``false``). Not a field
             of BigVGAN's config: it chooses how the same function is computed, so checkpoints made
             either way are interchangeable.
 
@@ -211,12 +226,18 @@ class BigVGANGenerator(VocoderGenerator):
         """``(B, num_mels, frames) -> (B, 1, frames * hop_size)``."""
         x = self.conv_pre(mel)
         for i, up in enumerate(self.ups):
-            x = up(x)
+            x = conv_transpose1d_taps(x, up) if self.fast_activation else up(x)
             x = multi_receptive_field(x, self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels])
         x = self.conv_post(self.activation_post(x))
         return torch.tanh(x) if self.use_tanh_at_final else x.clamp(-1.0, 1.0)
 
     def remove_weight_norm(self) -> "BigVGANGenerator":
-        """Fold weight norm into plain weights (still ``nn.Parameter``); same outputs. Returns ``self``."""
+        """Fold weight norm into plain weights (still ``nn.Parameter``); same outputs. Returns ``self``.
+
+        On the fast path the AMP blocks' and up-sampling weights are then stored tap-major
+        (:mod:`melvoc.models.conv_fast`), same values and shapes, for the inference products."""
         fold_weight_norm(self)
+        if self.fast_activation:
+            for module in (*self.ups, *(c for block in self.resblocks for c in block.modules() if isinstance(c, nn.Conv1d))):
+                tap_major_(module)
         return self
