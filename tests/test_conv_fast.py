@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from melvoc.models.bigvgan import BigVGANGenerator
 from melvoc.models.conv_fast import conv1d_taps, conv_transpose1d_taps, is_tap_major, tap_major_
@@ -104,3 +105,19 @@ def test_folded_fast_generator_is_the_folded_reference(name):
     again.load_state_dict(fast.state_dict())
     with torch.inference_mode():
         assert_close(again.eval()(mel), expected)
+
+
+def test_training_evaluates_each_weight_norm_once():
+    """With weight norm on (training), the fast path's convolutions read each weight once, as torch's do:
+    asking whether the products run must not evaluate the norm again."""
+    fast, _ = twins(**PUBLISHED["bigvgan_v2_24khz_100band_256x"], upsample_initial_channel=64)
+    calls: dict[str, int] = {}
+    for name, module in fast.named_modules():
+        if parametrize.is_parametrized(module, "weight"):
+            calls[name] = 0
+            module.parametrizations.weight[0].register_forward_hook(
+                lambda *_, name=name: calls.__setitem__(name, calls[name] + 1)
+            )
+    fast(torch.randn(1, fast.num_mels, 3)).sum().backward()
+    assert len(calls) == 2 + len(fast.ups) * (1 + 6 * 3)
+    assert set(calls.values()) == {1}, {n: c for n, c in calls.items() if c != 1}

@@ -31,6 +31,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 __all__ = ["conv1d_taps", "conv_transpose1d_taps", "is_tap_major", "tap_major_"]
 
@@ -52,7 +53,11 @@ def is_tap_major(weight: Tensor) -> bool:
 
 
 def _runs(x: Tensor, module: nn.Module) -> bool:
-    """Whether the products run: eager inference on the CPU in float32/float64 with tap-major weights."""
+    """Whether the products run: eager inference on the CPU in float32/float64 with tap-major weights.
+    A weight-normalised module (training) answers no before its weight is read: reading it would
+    evaluate the norm once more than the convolution does."""
+    if parametrize.is_parametrized(module, "weight"):
+        return False
     weight = module.weight
     return (
         x.device.type == "cpu"
