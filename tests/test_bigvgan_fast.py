@@ -193,11 +193,33 @@ def test_activation_is_the_references_in_float64(kernel_size, kind, logscale):
             torch.testing.assert_close(ours, theirs, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("frozen", ["x", "alpha", "beta", "alpha+beta"])
 @pytest.mark.parametrize("kind", [Snake, SnakeBeta])
-def test_hand_written_backward_passes_gradcheck(kind):
-    """The backward against finite differences, independently of the reference path."""
+def test_gradients_of_what_requires_them_when_the_rest_is_frozen(kind, frozen):
+    """Each input's gradient alone (the backward skips the others' terms) is the reference's, float64."""
+    torch.manual_seed(1)
+    act = kind(4, logscale=True).double()
+    perturb_snakes(act)
+    x = torch.randn(2, 4, 33, dtype=torch.float64, requires_grad="x" not in frozen)
+    for name, param in act.named_parameters():
+        param.requires_grad_(name not in frozen.split("+"))
+    inputs = [t for t in (x, *act.parameters()) if t.requires_grad]
+    g = torch.randn(2, 4, 33, dtype=torch.float64)
+    fast = FastAntiAliasedActivation(act, 12).double()
+    reference = AntiAliasedActivation(act, 12).double()
+    ours = torch.autograd.grad(fast(x), inputs, g)
+    theirs = torch.autograd.grad(reference(x), inputs, g)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("logscale", [False, True])
+@pytest.mark.parametrize("kind", [Snake, SnakeBeta])
+def test_hand_written_backward_passes_gradcheck(kind, logscale):
+    """The backward (the parameters' transforms included) against finite differences, independently
+    of the reference path."""
     torch.manual_seed(0)
-    act = kind(3, logscale=True).double()
+    act = kind(3, logscale=logscale).double()
     perturb_snakes(act)
     fast = FastAntiAliasedActivation(act).double()
     x = torch.randn(2, 3, 21, dtype=torch.float64, requires_grad=True)
