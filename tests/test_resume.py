@@ -44,10 +44,18 @@ def command(tmp_path: Path, name: str, *extra: str) -> list[str]:
 
 
 def run(tmp_path: Path, name: str, *extra: str, environ: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(command(tmp_path, name, *extra), cwd=tmp_path, env=env(environ), capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout
+    """``train.py`` to its end; its stdout. A run still going after 900 s fails the test, and its whole
+    process group (DDP's other rank and every loader worker too) is killed, so nothing outlives it."""
+    proc = subprocess.Popen(command(tmp_path, name, *extra), cwd=tmp_path, env=env(environ), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{name} still running after 900 s, killed:\n{out[-2000:]}\n{err[-4000:]}") from None
+    assert proc.returncode == 0, f"{name} failed:\n{out[-2000:]}\n{err[-4000:]}"
+    return out
 
 
 def checkpoint(tmp_path: Path, name: str, file: str) -> Path:
