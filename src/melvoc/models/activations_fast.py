@@ -49,7 +49,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from melvoc.models.activations import _NO_DIV_BY_ZERO, AntiAliasedActivation, Snake, SnakeBeta
+from melvoc.models.activations import _NO_DIV_BY_ZERO, AntiAliasedActivation, Snake, SnakeBeta, _channel_param
 
 __all__ = ["BLOCK", "FastAntiAliasedActivation", "resampling_matrices"]
 
@@ -191,15 +191,8 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 def _snake_scales(alpha: Tensor, beta: Optional[Tensor], logscale: bool) -> tuple[Tensor, Tensor, Tensor]:
     """``(a, b, 1 / (b + eps))``, each ``(1, C, 1)``, from the stored ``alpha`` and ``beta`` ``(C,)`` (Snake:
     ``beta`` None, ``b = a``), as the reference's formula uses them."""
-    a = alpha.view(1, -1, 1)
-    if logscale:
-        a = a.exp()
-    if beta is None:
-        b = a
-    else:
-        b = beta.view(1, -1, 1)
-        if logscale:
-            b = b.exp()
+    a = _channel_param(alpha, logscale)
+    b = a if beta is None else _channel_param(beta, logscale)
     return a, b, b.add(_NO_DIV_BY_ZERO).reciprocal()
 
 
@@ -306,8 +299,7 @@ def _traceable(x: Tensor, alpha: Tensor, inv_beta: Tensor, plan: _Plan, channels
     nonzero = alpha != 0
     scale = torch.where(nonzero, 2 * alpha, torch.ones_like(alpha))
     half = torch.where(nonzero, 0.5 * inv_beta, torch.zeros_like(inv_beta))
-    after = plan.rows * g.block - g.x_shift - t
-    xp = nn.functional.pad(x * scale, (g.x_shift, after), mode="replicate").reshape(-1, g.block)
+    xp = nn.functional.pad(x * scale, (g.x_shift, plan.after), mode="replicate").reshape(-1, g.block)
     v = _product_traced(xp, plan.up, plan.up_halo).reshape(x.shape[0], channels, -1)
     start, stop = plan.start, plan.stop
     v = nn.functional.pad(v[..., start:stop], (start, v.shape[-1] - stop), mode="replicate")
